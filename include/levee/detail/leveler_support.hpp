@@ -1,0 +1,214 @@
+// levee/detail/leveler_support.hpp - private helpers of levee::leveler:
+// a parking event that works with any levee clock, a small RNG, a
+// lock-free time-windowed counter, the retry budget and jittered backoff.
+#pragma once
+
+#include <levee/clock.hpp>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <vector>
+
+namespace levee::detail {
+
+// A "something changed, look again" event with a timed wait on the owner's
+// clock. Usage by a waiter:
+//   auto t = ev.prepare();          // announce the wait
+//   if (condition()) ev.cancel();   // re-check after announcing
+//   else ev.wait_until(t, deadline);
+// and by a notifier: make the condition true, then ev.notify().
+// notify() costs one fence and one load when nobody waits.
+//
+// Memory ordering: prepare() is a seq_cst RMW followed by a seq_cst fence;
+// notify() issues a seq_cst fence before reading the waiter count. By the
+// fence-fence rule either the notifier sees the waiter (and wakes it) or the
+// waiter's re-check sees everything the notifier did before notify().
+template <clock Clock>
+class leveler_event {
+ public:
+  using time_point = typename Clock::time_point;
+
+  explicit leveler_event(Clock c) : clock_(std::move(c)) {}
+  leveler_event(const leveler_event&) = delete;
+  leveler_event& operator=(const leveler_event&) = delete;
+
+  [[nodiscard]] std::uint64_t prepare() noexcept {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return generation_.load(std::memory_order_seq_cst);
+  }
+
+  void cancel() noexcept { waiters_.fetch_sub(1, std::memory_order_relaxed); }
+
+  // Blocks until notify() is called after prepare() returned `ticket`, or the
+  // clock reaches tp (time_point::max() = no time limit). Spurious returns
+  // are possible; callers loop.
+  void wait_until(std::uint64_t ticket, time_point tp) {
+    if constexpr (waitable_clock<Clock>) {
+      (void)clock_.wait_until(tp, [&] { return generation_.load(std::memory_order_acquire) != ticket; });
+    } else {
+      std::unique_lock lock(mutex_);
+      while (generation_.load(std::memory_order_relaxed) == ticket) {
+        if (tp == time_point::max()) {
+          cv_.wait(lock);
+        } else {
+          if (clock_.now() >= tp) break;
+          cv_.wait_until(lock, tp);
+        }
+      }
+    }
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  void notify() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    notify_always();
+  }
+
+  void notify_always() {
+    if constexpr (waitable_clock<Clock>) {
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      clock_.notify_waiters();
+    } else {
+      {
+        std::lock_guard lock(mutex_);
+        generation_.fetch_add(1, std::memory_order_relaxed);
+      }
+      cv_.notify_all();
+    }
+  }
+
+ private:
+  [[no_unique_address]] Clock clock_;
+  std::atomic<std::uint64_t> waiters_{0};
+  std::atomic<std::uint64_t> generation_{0};
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
+
+// splitmix64: a tiny seedable generator for backoff jitter.
+class leveler_rng {
+ public:
+  explicit leveler_rng(std::uint64_t seed) noexcept : state_(seed) {}
+  std::uint64_t next() noexcept {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n] (inclusive); the modulo bias is below n / 2^64,
+  // negligible for the nanosecond ranges used here.
+  std::uint64_t up_to(std::uint64_t n) noexcept {
+    if (n == std::numeric_limits<std::uint64_t>::max()) return next();
+    return next() % (n + 1);
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+// Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^(retry-1))].
+// retry counts from 1 (the first retry).
+[[nodiscard]] inline std::chrono::nanoseconds leveler_backoff(std::chrono::nanoseconds base, std::chrono::nanoseconds cap,
+                                                              std::uint32_t retry, leveler_rng& rng) noexcept {
+  const auto b = static_cast<std::uint64_t>(std::max<std::int64_t>(base.count(), 0));
+  const auto c = static_cast<std::uint64_t>(std::max<std::int64_t>(cap.count(), 0));
+  std::uint64_t ceiling = b;
+  for (std::uint32_t i = 1; i < retry && ceiling < c; ++i) ceiling = ceiling > c / 2 ? c : ceiling * 2;
+  ceiling = std::min(ceiling, c);
+  return std::chrono::nanoseconds{static_cast<std::int64_t>(rng.up_to(ceiling))};
+}
+
+// Counts events in time slots on a ring (slot i holds the events of epoch
+// now/width == e with e % slots == i). Each slot packs a 24-bit epoch tag and
+// a 40-bit count into one atomic word, so add() is one CAS and a stale slot is
+// recognised without a separate reset.
+class leveler_window_counter {
+ public:
+  leveler_window_counter(std::chrono::nanoseconds width, std::size_t slots) : width_(width.count()), slots_(slots) {}
+
+  void add(std::int64_t now_ns, std::uint64_t n = 1) noexcept {
+    const std::uint64_t e = epoch(now_ns);
+    auto& s = slots_[e % slots_.size()];
+    std::uint64_t cur = s.load(std::memory_order_relaxed);
+    for (;;) {
+      const std::uint64_t next = tag(cur) == (e & tag_mask) ? cur + n : ((e & tag_mask) << count_bits) | n;
+      if (s.compare_exchange_weak(cur, next, std::memory_order_relaxed)) return;
+    }
+  }
+
+  // Events in the `full` whole slots before the current one, plus the current
+  // (partial) slot. Also returns the covered span in nanoseconds.
+  struct window_sum {
+    std::uint64_t count = 0;
+    std::int64_t span_ns = 0;
+  };
+  [[nodiscard]] window_sum sum(std::int64_t now_ns, std::size_t full) const noexcept {
+    full = std::min(full, slots_.size() - 1);
+    const std::uint64_t e = epoch(now_ns);
+    window_sum r;
+    for (std::size_t k = 0; k <= full && k <= e; ++k) {
+      const std::uint64_t ek = e - k;
+      const std::uint64_t v = slots_[ek % slots_.size()].load(std::memory_order_relaxed);
+      if (tag(v) == (ek & tag_mask)) r.count += v & count_mask;
+      r.span_ns += (k == 0) ? std::max<std::int64_t>(now_ns, 0) - static_cast<std::int64_t>(e) * width_ : width_;
+    }
+    return r;
+  }
+
+  [[nodiscard]] std::int64_t width_ns() const noexcept { return width_; }
+
+ private:
+  static constexpr unsigned count_bits = 40;
+  static constexpr std::uint64_t count_mask = (std::uint64_t{1} << count_bits) - 1;
+  static constexpr std::uint64_t tag_mask = (std::uint64_t{1} << (64 - count_bits)) - 1;
+  static std::uint64_t tag(std::uint64_t v) noexcept { return v >> count_bits; }
+  std::uint64_t epoch(std::int64_t now_ns) const noexcept {
+    return now_ns <= 0 ? 0 : static_cast<std::uint64_t>(now_ns / width_);
+  }
+
+  std::int64_t width_;
+  std::vector<std::atomic<std::uint64_t>> slots_;
+};
+
+// A retry budget in the style of tower's TpsBudget: over a sliding 10 s
+// window, retries may not exceed min_per_second * 10 + ratio * first attempts.
+// Deposit and withdrawal are each one CAS; the check-then-withdraw pair is
+// not atomic, so concurrent retries may overshoot the budget by at most the
+// number of threads racing (exact when driven by one thread, as in
+// simulation mode).
+class leveler_retry_budget {
+ public:
+  static constexpr std::chrono::seconds window{10};
+
+  leveler_retry_budget(double ratio, std::uint32_t min_per_second)
+      : ratio_(ratio), min_per_second_(min_per_second), deposits_(std::chrono::seconds{1}, 11),
+        withdrawals_(std::chrono::seconds{1}, 11) {}
+
+  void deposit(std::int64_t now_ns) noexcept { deposits_.add(now_ns); }
+
+  [[nodiscard]] bool try_withdraw(std::int64_t now_ns) noexcept {
+    const auto slots = static_cast<std::size_t>(window.count() - 1);
+    const double allowed = static_cast<double>(min_per_second_) * static_cast<double>(window.count()) +
+                           ratio_ * static_cast<double>(deposits_.sum(now_ns, slots).count);
+    if (static_cast<double>(withdrawals_.sum(now_ns, slots).count) + 1.0 > allowed) return false;
+    withdrawals_.add(now_ns);
+    return true;
+  }
+
+ private:
+  double ratio_;
+  std::uint32_t min_per_second_;
+  leveler_window_counter deposits_;
+  leveler_window_counter withdrawals_;
+};
+
+}  // namespace levee::detail

@@ -1,0 +1,1234 @@
+// levee/leveler.hpp - levee::leveler, the rate-limited consumer scheduler:
+// a bounded ingress queue that absorbs spikes, drained through a deadline
+// check, a GCRA rate gate on an absolute schedule, a concurrency gate (fixed
+// or adaptive) and a balancing strategy over backends, with retries
+// (exponential backoff, full jitter, retry budget), a dead-letter sink,
+// close/drain/stop, metrics and a deterministic simulation mode.
+//
+//   levee::leveler<job>::options o;
+//   o.capacity = 20'000;
+//   o.rate = levee::rate::per_second(1000);
+//   o.workers = 4;
+//   levee::leveler<job> lev(o, [](job& j) { call_downstream(j); });
+//   if (auto r = lev.try_submit(make_job()); !r) log(to_string(r.status));
+//   lev.close();
+//   lev.drain();
+//
+// What happens to an accepted job: it is handled successfully, or it reaches
+// the dead-letter sink exactly once with a reason (failed after its last
+// attempt, expired before dispatch, dropped by the drop_oldest policy,
+// cancelled by stop()). A rejected submission hands the job back.
+#pragma once
+
+#include <levee/balance.hpp>
+#include <levee/clock.hpp>
+#include <levee/concurrency_limiter.hpp>
+#include <levee/detail/leveler_support.hpp>
+#include <levee/metrics.hpp>
+#include <levee/mpmc_queue.hpp>
+#include <levee/rate_limiter.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace levee {
+
+// What submit() does when the ingress queue is full.
+enum class overflow_policy {
+  block,        // wait for room (backpressure); never from a handler of the same leveler (see submit)
+  reject,       // return submit_status::full with the job
+  drop_oldest,  // evict the oldest queued job to the dead-letter sink (reason dropped) and enqueue
+};
+
+enum class submit_status {
+  accepted,
+  full,                 // no room (try_submit, reject policy, or a blocking submit from a handler)
+  closed,               // close() or stop() was called
+  would_miss_deadline,  // deadline-aware admission predicted dispatch after the job's deadline
+  timeout,              // submit_for / submit_until found no room in time
+};
+
+enum class dead_letter_reason {
+  failed,     // the last allowed attempt failed (or a retry was refused by the budget or the deadline)
+  expired,    // found past its deadline at dispatch; the handler never ran for this attempt
+  dropped,    // evicted from a full queue by overflow_policy::drop_oldest
+  cancelled,  // not started when stop() was called
+};
+
+[[nodiscard]] constexpr std::string_view to_string(overflow_policy p) noexcept {
+  switch (p) {
+    case overflow_policy::block: return "block";
+    case overflow_policy::reject: return "reject";
+    case overflow_policy::drop_oldest: return "drop_oldest";
+  }
+  return "unknown";
+}
+[[nodiscard]] constexpr std::string_view to_string(submit_status s) noexcept {
+  switch (s) {
+    case submit_status::accepted: return "accepted";
+    case submit_status::full: return "full";
+    case submit_status::closed: return "closed";
+    case submit_status::would_miss_deadline: return "would_miss_deadline";
+    case submit_status::timeout: return "timeout";
+  }
+  return "unknown";
+}
+[[nodiscard]] constexpr std::string_view to_string(dead_letter_reason r) noexcept {
+  switch (r) {
+    case dead_letter_reason::failed: return "failed";
+    case dead_letter_reason::expired: return "expired";
+    case dead_letter_reason::dropped: return "dropped";
+    case dead_letter_reason::cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+// The result of a submission. On anything but `accepted`, `job` holds the
+// job handed back to the caller; on `accepted` it is empty.
+template <class Job>
+struct [[nodiscard]] submit_result {
+  submit_status status = submit_status::accepted;
+  std::optional<Job> job;
+
+  [[nodiscard]] bool accepted() const noexcept { return status == submit_status::accepted; }
+  explicit operator bool() const noexcept { return accepted(); }
+};
+
+// What a handler may return instead of void: success, or failure with an
+// optional error (handed to the dead-letter sink if the job runs out of
+// attempts). Throwing from a handler is the same as returning failure with
+// the thrown exception. A handler returning bool reports success with true.
+class handler_result {
+ public:
+  [[nodiscard]] static handler_result success() noexcept { return handler_result(true, nullptr); }
+  [[nodiscard]] static handler_result failure(std::exception_ptr error = nullptr) noexcept {
+    return handler_result(false, std::move(error));
+  }
+  template <class E>
+    requires(!std::same_as<std::decay_t<E>, std::exception_ptr> && !std::same_as<std::decay_t<E>, std::nullptr_t>)
+  [[nodiscard]] static handler_result failure(E&& error) {
+    return handler_result(false, std::make_exception_ptr(std::forward<E>(error)));
+  }
+
+  [[nodiscard]] bool ok() const noexcept { return ok_; }
+  [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  handler_result(bool ok, std::exception_ptr e) noexcept : ok_(ok), error_(std::move(e)) {}
+  bool ok_;
+  std::exception_ptr error_;
+};
+
+// Retries: a failed job is attempted again after a full-jitter exponential
+// backoff, uniform in [0, min(max_backoff, base_backoff * 2^(retry-1))], on a
+// backend it has not failed on yet (if any), as long as
+//  - it has made fewer than max_attempts attempts (1 = never retry),
+//  - the retry would start before the job's deadline, and
+//  - the retry budget allows it: over a sliding 10 s window, retries <=
+//    min_retries_per_second * 10 + budget_ratio * first attempts.
+// Otherwise it goes to the dead-letter sink as `failed` with the last error.
+// Retries are opt-in (max_attempts = 1) because only idempotent jobs may be
+// retried safely.
+struct retry_policy {
+  std::uint32_t max_attempts = 1;
+  std::chrono::nanoseconds base_backoff = std::chrono::milliseconds{10};
+  std::chrono::nanoseconds max_backoff = std::chrono::seconds{1};
+  double budget_ratio = 0.2;
+  std::uint32_t min_retries_per_second = 10;
+};
+
+namespace detail {
+
+template <class Job>
+struct leveler_handler_base {
+  virtual ~leveler_handler_base() = default;
+  virtual handler_result invoke(Job& job) = 0;
+};
+
+template <class Job, class H>
+struct leveler_handler final : leveler_handler_base<Job> {
+  explicit leveler_handler(H h) : fn(std::move(h)) {}
+  handler_result invoke(Job& job) override {
+    using R = std::invoke_result_t<H&, Job&>;
+    if constexpr (std::is_void_v<R>) {
+      std::invoke(fn, job);
+      return handler_result::success();
+    } else if constexpr (std::same_as<R, bool>) {
+      return std::invoke(fn, job) ? handler_result::success() : handler_result::failure();
+    } else {
+      return handler_result(std::invoke(fn, job));
+    }
+  }
+  H fn;
+};
+
+template <class Job>
+struct leveler_backend {
+  std::uint64_t id = 0;
+  std::unique_ptr<leveler_handler_base<Job>> handler;
+  std::atomic<std::uint64_t> started{0};
+  std::atomic<std::uint64_t> succeeded{0};
+  std::atomic<std::uint64_t> failed{0};
+};
+
+inline std::size_t leveler_default_workers() noexcept {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : n;
+}
+
+}  // namespace detail
+
+// A backend handler: callable with Job&, returning void, bool or handler_result.
+template <class H, class Job>
+concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable<std::decay_t<H>&, Job&> &&
+                      (std::is_void_v<std::invoke_result_t<std::decay_t<H>&, Job&>> ||
+                       std::same_as<std::invoke_result_t<std::decay_t<H>&, Job&>, bool> ||
+                       std::convertible_to<std::invoke_result_t<std::decay_t<H>&, Job&>, handler_result>);
+
+// ---------------------------------------------------------------------------
+// leveler<Job, Strategy, Clock>
+//
+// Threads: with options.workers > 0, that many worker threads run handlers.
+// With workers == 0 the leveler is a deterministic simulation: nothing runs
+// until step() / run_until() / drain() is called, and with levee::manual_clock
+// a whole spike-and-drain scenario runs exactly in milliseconds of real time.
+//
+// Thread safety: every member function may be called from any thread
+// concurrently, except step()/run_until() (one driving thread at a time) and
+// the destructor. Handlers may call try_submit/submit on their own leveler
+// (see submit() for what happens when the queue is full), metrics(), close()
+// and stop(); drain() from a handler throws std::logic_error.
+//
+// Lifecycle, three different operations:
+//  - close(): stop accepting; queued jobs and retries still run.
+//  - drain(): wait until every accepted job reached its final state (retries
+//    included). It does not close: jobs accepted meanwhile are waited for too.
+//  - stop(): close, hand every job not yet started (queued, waiting for a
+//    gate, or waiting for a retry) to the dead-letter sink as `cancelled`,
+//    wait for running handlers, join the workers.
+// Destructor: with workers, close() + drain() + stop() (if no backend is
+// registered nothing could ever run, so it is just stop()); in simulation
+// mode, stop().
+// ---------------------------------------------------------------------------
+template <class Job, class Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
+class leveler {
+  static_assert(std::is_move_constructible_v<Job>, "levee::leveler: Job must be move constructible");
+  static_assert(std::is_nothrow_move_constructible_v<Job>,
+                "levee::leveler: Job must be nothrow move constructible (jobs move through a lock-free queue)");
+
+ public:
+  using job_type = Job;
+  using strategy_type = Strategy;
+  using clock_type = Clock;
+  using duration = typename Clock::duration;
+  using time_point = typename Clock::time_point;
+  using balancer_type = levee::balancer<Strategy, Clock, std::shared_ptr<detail::leveler_backend<Job>>>;
+  using dead_letter_sink = std::function<void(Job&&, dead_letter_reason, std::exception_ptr)>;
+
+  // Per-job options: an affinity key for key-based strategies (ring_hash,
+  // maglev, rendezvous, jump_hash) and an absolute deadline on the
+  // leveler's clock (the job is never dispatched after it).
+  struct job_options {
+    std::optional<std::uint64_t> key;
+    std::optional<time_point> deadline;
+  };
+
+  struct options {
+    std::size_t capacity = 1024;                       // ingress queue capacity (exact)
+    overflow_policy overflow = overflow_policy::block;  // what submit() does when full
+    bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
+    std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
+    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 1 ms), at least 1
+    std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
+    std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
+    std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
+    levee::retry_policy retry;
+    std::optional<duration> default_deadline;  // relative to submission, for jobs without a deadline
+    dead_letter_sink dead_letter;              // empty: dead-lettered jobs are destroyed (still counted)
+    levee::health_options health;              // outlier ejection of backends
+    std::uint64_t seed = 0x6c65766565ULL;      // backoff jitter (and strategy RNG where it has one)
+  };
+
+  // Throws std::invalid_argument for a bad option (capacity 0, negative or
+  // inverted backoffs, max_attempts 0, budget_ratio < 0 or NaN, non-positive
+  // default_deadline, both max_concurrency and adaptive set).
+  explicit leveler(options o, Clock c = Clock{}, Strategy s = Strategy{})
+      : opts_(validate(std::move(o))),
+        clock_(c),
+        queue_(opts_.capacity),
+        balancer_(std::move(s), opts_.health, c),
+        budget_(opts_.retry.budget_ratio, opts_.retry.min_retries_per_second),
+        arrivals_(rate_slot, rate_slots),
+        dispatches_(rate_slot, rate_slots),
+        work_(c),
+        space_(c),
+        quiet_(c),
+        start_ns_(to_ns(c.now())),
+        sim_ctx_(opts_.seed) {
+    if (opts_.rate) {
+      burst_ = opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate);
+      limiter_.emplace(*opts_.rate, burst_, c);
+    }
+    if (opts_.adaptive) {
+      adaptive_.emplace(*opts_.adaptive);
+      concurrency_.emplace(adaptive_->limit());
+    } else if (opts_.max_concurrency != 0) {
+      concurrency_.emplace(opts_.max_concurrency);
+    }
+    shards_ = std::make_unique<stats_shard[]>(opts_.workers + 1);
+    sim_ctx_.shard = &shards_[0];
+    threads_.reserve(opts_.workers);
+    ctxs_.reserve(opts_.workers);
+    for (std::size_t i = 0; i < opts_.workers; ++i) {
+      ctxs_.push_back(std::make_unique<worker_ctx>(opts_.seed + 1 + i));
+      ctxs_.back()->shard = &shards_[i + 1];
+    }
+    try {
+      for (std::size_t i = 0; i < opts_.workers; ++i) threads_.emplace_back([this, i] { worker_main(i); });
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+
+  // A leveler with a single backend: `handler` handles every job.
+  template <class H>
+    requires job_handler<H, Job>
+  leveler(options o, H&& handler, Clock c = Clock{}, Strategy s = Strategy{})
+      : leveler(std::move(o), std::move(c), std::move(s)) {
+    add_backend(std::forward<H>(handler));
+  }
+
+  leveler(const leveler&) = delete;
+  leveler& operator=(const leveler&) = delete;
+
+  ~leveler() {
+    if (opts_.workers != 0 && backend_count() != 0 && !stopping_.load(std::memory_order_acquire)) {
+      close();
+      drain();
+    }
+    stop();
+  }
+
+  // ------------------------------------------------------------ backends --
+
+  // Registers a backend; jobs may be dispatched to it at once.
+  // Thread-safe; wakes workers waiting for a backend.
+  template <class H>
+    requires job_handler<H, Job>
+  backend_id add_backend(H&& handler, backend_options bo = {}) {
+    auto b = std::make_shared<detail::leveler_backend<Job>>();
+    b->handler = std::make_unique<detail::leveler_handler<Job, std::decay_t<H>>>(std::forward<H>(handler));
+    std::lock_guard lock(backends_mutex_);
+    const backend_id id = next_backend_id_++;
+    b->id = id;
+    balancer_.add_backend(id, b, bo);
+    backends_.emplace(id, std::move(b));
+    work_.notify_always();
+    return id;
+  }
+
+  // Removes a backend: no new job is dispatched to it; jobs running on it
+  // finish normally. Returns false if there is no such backend.
+  bool remove_backend(backend_id id) {
+    std::lock_guard lock(backends_mutex_);
+    if (backends_.erase(id) == 0) return false;
+    (void)balancer_.remove_backend(id);
+    return true;
+  }
+
+  // Run-time reconfiguration of a backend (forwarded to the balancer).
+  void set_weight(backend_id id, std::uint32_t weight) {
+    balancer_.set_weight(id, weight);
+    work_.notify_always();
+  }
+  void set_max_in_flight(backend_id id, std::size_t max_in_flight) {
+    balancer_.set_max_in_flight(id, max_in_flight);
+    work_.notify_always();
+  }
+  void set_healthy(backend_id id, bool healthy) {
+    balancer_.set_healthy(id, healthy);
+    work_.notify_always();
+  }
+
+  [[nodiscard]] std::size_t backend_count() const {
+    std::lock_guard lock(backends_mutex_);
+    return backends_.size();
+  }
+
+  // ---------------------------------------------------------- submitting --
+
+  // Never blocks and never evicts (the overflow policy is not applied):
+  // accepted, or full / closed / would_miss_deadline with the job handed back.
+  //
+  // Memory ordering: an accepted job's submission happens-before the start of
+  // its handler (and of the dead-letter sink call for it).
+  [[nodiscard]] submit_result<Job> try_submit(Job job) { return submit_impl(std::move(job), {}, overflow_policy::reject, no_limit()); }
+  [[nodiscard]] submit_result<Job> try_submit(Job job, std::uint64_t key) {
+    return submit_impl(std::move(job), job_options{key, std::nullopt}, overflow_policy::reject, no_limit());
+  }
+  [[nodiscard]] submit_result<Job> try_submit(Job job, time_point deadline) {
+    return submit_impl(std::move(job), job_options{std::nullopt, deadline}, overflow_policy::reject, no_limit());
+  }
+  [[nodiscard]] submit_result<Job> try_submit(Job job, std::uint64_t key, time_point deadline) {
+    return submit_impl(std::move(job), job_options{key, deadline}, overflow_policy::reject, no_limit());
+  }
+  [[nodiscard]] submit_result<Job> try_submit(Job job, const job_options& jo) {
+    return submit_impl(std::move(job), jo, overflow_policy::reject, no_limit());
+  }
+
+  // Applies options.overflow when the queue is full:
+  //  - block: waits for room without a time limit (until close()/stop(),
+  //    which return `closed`; or until the job's own deadline passes, which
+  //    returns would_miss_deadline). Called from a handler of this leveler
+  //    it never waits (that could deadlock every worker): it returns `full`
+  //    at once with the job handed back.
+  //  - reject: as try_submit.
+  //  - drop_oldest: evicts the oldest queued job(s) to the dead-letter sink
+  //    with reason `dropped` (in the calling thread) until this one fits.
+  // Blocking: parks on a condition variable (no CPU) while waiting for room;
+  // woken by every dequeue, close() and stop().
+  // Memory ordering: as try_submit.
+  [[nodiscard]] submit_result<Job> submit(Job job, const job_options& jo = {}) {
+    return submit_impl(std::move(job), jo, opts_.overflow, no_limit());
+  }
+  [[nodiscard]] submit_result<Job> submit(Job job, std::uint64_t key) {
+    return submit(std::move(job), job_options{key, std::nullopt});
+  }
+  [[nodiscard]] submit_result<Job> submit(Job job, time_point deadline) {
+    return submit(std::move(job), job_options{std::nullopt, deadline});
+  }
+  [[nodiscard]] submit_result<Job> submit(Job job, std::uint64_t key, time_point deadline) {
+    return submit(std::move(job), job_options{key, deadline});
+  }
+
+  // As submit(), but a `block` wait gives up with `timeout` after `timeout`
+  // (resp. at `until`, a time on the leveler's clock; not the job's deadline).
+  template <class Rep, class Per>
+  [[nodiscard]] submit_result<Job> submit_for(Job job, std::chrono::duration<Rep, Per> timeout, const job_options& jo = {}) {
+    return submit_until(std::move(job), clock_.now() + std::chrono::duration_cast<duration>(timeout), jo);
+  }
+  [[nodiscard]] submit_result<Job> submit_until(Job job, time_point until, const job_options& jo = {}) {
+    return submit_impl(std::move(job), jo, opts_.overflow, until);
+  }
+
+  // ----------------------------------------------------------- lifecycle --
+
+  // Stops accepting: every later submission returns `closed`; blocked
+  // submitters return `closed`. Queued jobs and retries still run. Idempotent.
+  // Blocking: none.
+  // Memory ordering: close() happens-before every submission it refuses.
+  void close() {
+    closed_.store(true, std::memory_order_seq_cst);
+    space_.notify_always();
+    work_.notify_always();
+  }
+
+  [[nodiscard]] bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  // Waits until every accepted job has reached its final state (succeeded or
+  // dead-lettered), retries included. Does not close the leveler.
+  // Blocking: parks (no CPU) until the outstanding count reaches zero. In
+  // simulation mode (no workers) it drives the simulation instead: it steps
+  // and, if the clock can be set (manual_clock), moves it to each next event;
+  // with another clock it sleeps until the next event. It throws
+  // std::logic_error if jobs are outstanding but no event can ever move them
+  // (no backend, or every backend saturated). Throws std::logic_error when
+  // called from a handler of this leveler.
+  // Memory ordering: the final state of every job (handler return, sink
+  // call) happens-before drain() returns.
+  void drain() { (void)drain_until(time_point::max()); }
+
+  // As drain(), giving up at `until` / after `timeout`; true if drained.
+  template <class Rep, class Per>
+  [[nodiscard]] bool drain_for(std::chrono::duration<Rep, Per> timeout) {
+    return drain_until(clock_.now() + std::chrono::duration_cast<duration>(timeout));
+  }
+  [[nodiscard]] bool drain_until(time_point until) {
+    if (in_handler()) throw std::logic_error("levee::leveler::drain: called from a handler of the same leveler (would wait for itself)");
+    if (opts_.workers == 0) return simulate_until(until, true);
+    for (;;) {
+      if (outstanding_.load(std::memory_order_acquire) == 0) return true;
+      const auto ticket = quiet_.prepare();
+      if (outstanding_.load(std::memory_order_acquire) == 0) {
+        quiet_.cancel();
+        return true;
+      }
+      if (until != time_point::max() && clock_.now() >= until) {
+        quiet_.cancel();
+        return false;
+      }
+      quiet_.wait_until(ticket, until);
+    }
+  }
+
+  // Closes, then hands every job not yet started to the dead-letter sink as
+  // `cancelled` (in the calling thread, and in workers for the job each one
+  // holds), waits for running handlers to return and joins the workers. A job
+  // whose running attempt fails after stop() began is dead-lettered as
+  // `cancelled` with that error instead of being retried. Idempotent.
+  // Blocking: until every running handler returned. Called from a handler,
+  // it does everything except waiting for that handler's own worker (which
+  // the destructor joins).
+  // Memory ordering: every worker's last action happens-before stop()
+  // returns (when not called from a handler).
+  void stop() {
+    std::lock_guard stop_lock(stop_mutex_);
+    closed_.store(true, std::memory_order_seq_cst);
+    stopping_.store(true, std::memory_order_seq_cst);
+    queue_.close();
+    space_.notify_always();
+    work_.notify_always();
+    const bool from_handler = in_handler();
+    for (auto& t : threads_) {
+      if (!t.joinable()) continue;
+      if (from_handler && t.get_id() == std::this_thread::get_id()) continue;
+      t.join();
+    }
+    cancel_everything_queued();
+    stopped_.store(true, std::memory_order_release);
+    quiet_.notify_always();
+  }
+
+  // ----------------------------------------------------- simulation mode --
+
+  // Dispatches everything that can be dispatched at the clock's current time
+  // (handlers run in the calling thread) and returns how many jobs reached
+  // dispatch (handler run or dead-lettered as expired). Only in simulation
+  // mode (workers == 0); otherwise throws std::logic_error.
+  std::size_t step() {
+    require_simulation("step");
+    std::size_t n = 0;
+    while (!stopping_.load(std::memory_order_acquire)) {
+      const auto r = try_progress(sim_ctx_, clock_.now());
+      if (r.kind != progress::progressed) {
+        sim_wait_ = r;
+        break;
+      }
+      ++n;
+    }
+    return n;
+  }
+
+  // Runs the simulation up to time t: steps, moves the clock to the next
+  // event (token due, retry due) while it is <= t, and finally sets the clock
+  // to t (never backwards). Requires a settable clock such as manual_clock.
+  // Returns the number of jobs that reached dispatch.
+  std::size_t run_until(time_point t)
+    requires requires(Clock& c, time_point tp) { c.set(tp); }
+  {
+    require_simulation("run_until");
+    std::size_t n = 0;
+    simulate(t, false, n);
+    if (clock_.now() < t) clock_.set(t);
+    return n;
+  }
+
+  // The time of the next event the simulation waits for (a rate token, a
+  // retry becoming due), or nullopt if it waits for nothing timed.
+  [[nodiscard]] std::optional<time_point> next_event() const {
+    std::optional<time_point> next;
+    if (sim_wait_.kind == progress::wait_rate || sim_wait_.kind == progress::idle) {
+      if (sim_wait_.until != time_point::max()) next = sim_wait_.until;
+    }
+    const auto r = next_retry_ns_.load(std::memory_order_acquire);
+    if (r != no_retry) {
+      const time_point rt = from_ns(r);
+      if (!next || rt < *next) next = rt;
+    }
+    return next;
+  }
+
+  // ------------------------------------------------------ configuration --
+
+  // Changes the dispatch rate / burst at run time (future windows follow the
+  // new values). Throws std::logic_error if the leveler has no rate gate.
+  void set_rate(levee::rate r) {
+    require_limiter("set_rate").set_rate(r);
+    work_.notify_always();
+  }
+  void set_burst(std::uint64_t b) {
+    require_limiter("set_burst").set_burst(b);
+    burst_ = b;
+    work_.notify_always();
+  }
+  // Changes a fixed concurrency limit. Throws std::logic_error without one
+  // (or when the limit is adaptive).
+  void set_concurrency_limit(std::size_t limit) {
+    if (!concurrency_ || adaptive_)
+      throw std::logic_error("levee::leveler::set_concurrency_limit: the leveler has no fixed concurrency limit");
+    concurrency_->set_limit(limit);
+    work_.notify_always();
+  }
+
+  [[nodiscard]] const options& get_options() const noexcept { return opts_; }
+  [[nodiscard]] const Clock& get_clock() const noexcept { return clock_; }
+  [[nodiscard]] std::uint64_t outstanding() const noexcept { return outstanding_.load(std::memory_order_acquire); }
+
+  // ------------------------------------------------------------- metrics --
+
+  [[nodiscard]] metrics_snapshot metrics() const;
+
+ private:
+  // ------------------------------------------------------------- types --
+  static constexpr std::int64_t no_retry = std::numeric_limits<std::int64_t>::max();
+  static constexpr std::chrono::nanoseconds rate_slot{std::chrono::milliseconds{100}};
+  static constexpr std::size_t rate_slots = 12;
+
+  struct envelope {
+    Job job;
+    std::optional<std::uint64_t> key;
+    time_point deadline = time_point::max();
+    time_point ready{};  // enqueued, or retry backoff elapsed
+    std::uint32_t attempts = 0;
+    std::vector<backend_id> failed_on;
+    std::exception_ptr last_error;
+  };
+
+  struct retry_item {
+    std::int64_t ready_ns;
+    std::uint64_t seq;
+    envelope env;
+  };
+
+  struct alignas(detail::false_sharing_range) stats_shard {
+    std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, retried{0}, budget_denied{0};
+    std::atomic<std::uint64_t> dl_failed{0}, dl_expired{0}, dl_dropped{0}, dl_cancelled{0}, sink_errors{0};
+    detail::metrics_histogram dwell, service;
+  };
+
+  struct worker_ctx {
+    explicit worker_ctx(std::uint64_t seed) : rng(seed) {}
+    std::optional<envelope> held;  // popped, waiting for a gate
+    detail::leveler_rng rng;
+    stats_shard* shard = nullptr;
+  };
+
+  enum class progress { progressed, idle, wait_rate, wait_capacity };
+  struct progress_result {
+    progress kind = progress::idle;
+    time_point until = time_point::max();
+  };
+
+  // ------------------------------------------------------- validation --
+  static options validate(options o) {
+    if (o.capacity == 0) throw std::invalid_argument("levee::leveler: options.capacity must be > 0, got 0");
+    if (o.retry.max_attempts == 0) throw std::invalid_argument("levee::leveler: options.retry.max_attempts must be >= 1, got 0");
+    if (o.retry.base_backoff.count() < 0)
+      throw std::invalid_argument("levee::leveler: options.retry.base_backoff must be >= 0, got " +
+                                  std::to_string(o.retry.base_backoff.count()) + " ns");
+    if (o.retry.max_backoff < o.retry.base_backoff)
+      throw std::invalid_argument("levee::leveler: options.retry.max_backoff (" + std::to_string(o.retry.max_backoff.count()) +
+                                  " ns) must be >= base_backoff (" + std::to_string(o.retry.base_backoff.count()) + " ns)");
+    if (!(o.retry.budget_ratio >= 0.0) || std::isinf(o.retry.budget_ratio))
+      throw std::invalid_argument("levee::leveler: options.retry.budget_ratio must be finite and >= 0, got " +
+                                  std::to_string(o.retry.budget_ratio));
+    if (o.default_deadline && *o.default_deadline <= duration::zero())
+      throw std::invalid_argument("levee::leveler: options.default_deadline must be > 0, got " +
+                                  std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) + " ns");
+    if (o.adaptive && o.max_concurrency != 0)
+      throw std::invalid_argument("levee::leveler: set either options.max_concurrency (" + std::to_string(o.max_concurrency) +
+                                  ") or options.adaptive, not both");
+    return o;
+  }
+
+  static std::uint64_t auto_burst(const levee::rate& r) {
+    const double per_ms = r.per_second_value() / 1000.0;
+    return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(per_ms)));
+  }
+
+  void require_simulation(const char* fn) const {
+    if (opts_.workers != 0)
+      throw std::logic_error(std::string("levee::leveler::") + fn + ": only in simulation mode (options.workers == 0), workers = " +
+                             std::to_string(opts_.workers));
+  }
+  auto& require_limiter(const char* fn) {
+    if (!limiter_) throw std::logic_error(std::string("levee::leveler::") + fn + ": the leveler has no rate gate (options.rate)");
+    return *limiter_;
+  }
+
+  // ------------------------------------------------------------ time --
+  static std::int64_t to_ns(time_point t) noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  }
+  static time_point from_ns(std::int64_t ns) noexcept {
+    return time_point(std::chrono::duration_cast<duration>(std::chrono::nanoseconds{ns}));
+  }
+  static constexpr time_point no_limit() noexcept { return time_point::max(); }
+
+  // Marks the threads currently running a handler of this leveler.
+  static inline thread_local const leveler* current_ = nullptr;
+  [[nodiscard]] bool in_handler() const noexcept { return current_ == this; }
+
+  // ---------------------------------------------------------- submit --
+  submit_result<Job> reject(Job&& job, submit_status s) {
+    auto& door = door_;
+    switch (s) {
+      case submit_status::full: door.rejected_full.fetch_add(1, std::memory_order_relaxed); break;
+      case submit_status::closed: door.rejected_closed.fetch_add(1, std::memory_order_relaxed); break;
+      case submit_status::would_miss_deadline: door.rejected_deadline.fetch_add(1, std::memory_order_relaxed); break;
+      case submit_status::timeout: door.rejected_timeout.fetch_add(1, std::memory_order_relaxed); break;
+      case submit_status::accepted: break;
+    }
+    return submit_result<Job>{s, std::optional<Job>(std::move(job))};
+  }
+
+  // Predicted dispatch time of a job entering now, from the backlog and the
+  // rate gate's schedule (GCRA: the k-th next token is due at available_at(k)
+  // for k <= burst, then one emission interval apart).
+  [[nodiscard]] bool admissible(time_point deadline, time_point now) const {
+    if (deadline < now) return false;
+    if (!limiter_) return true;
+    const std::uint64_t ahead = static_cast<std::uint64_t>(queue_.size_approx()) + retry_count_.load(std::memory_order_relaxed);
+    const std::uint64_t k = ahead + 1;
+    const std::uint64_t b = std::max<std::uint64_t>(burst_, 1);
+    time_point at;
+    if (k <= b) {
+      at = limiter_->available_at(k, now);
+    } else {
+      const auto T = std::chrono::duration_cast<duration>(limiter_->get_rate().emission_interval());
+      at = limiter_->available_at(b, now) + T * static_cast<typename duration::rep>(k - b);
+    }
+    return std::max(at, now) <= deadline;
+  }
+
+  void count_accepted() noexcept {
+    door_.accepted.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void add_outstanding() noexcept {
+    const std::uint64_t now_out = outstanding_.fetch_add(1, std::memory_order_acq_rel) + 1;
+    std::uint64_t peak = outstanding_peak_.load(std::memory_order_relaxed);
+    while (now_out > peak && !outstanding_peak_.compare_exchange_weak(peak, now_out, std::memory_order_relaxed)) {
+    }
+  }
+  void finish_one() {
+    if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) == 1) quiet_.notify();
+  }
+
+  submit_result<Job> submit_impl(Job&& job, const job_options& jo, overflow_policy policy, time_point until) {
+    const time_point now = clock_.now();
+    door_.submitted.fetch_add(1, std::memory_order_relaxed);
+    arrivals_.add(to_ns(now));
+    if (closed_.load(std::memory_order_seq_cst)) return reject(std::move(job), submit_status::closed);
+    time_point deadline = time_point::max();
+    if (jo.deadline) {
+      deadline = *jo.deadline;
+    } else if (opts_.default_deadline) {
+      deadline = now + *opts_.default_deadline;
+    }
+    if (deadline != time_point::max()) {
+      if (opts_.deadline_admission ? !admissible(deadline, now) : deadline < now)
+        return reject(std::move(job), submit_status::would_miss_deadline);
+    }
+    envelope env{std::move(job), jo.key, deadline, now, 0, {}, nullptr};
+    add_outstanding();
+    for (;;) {
+      if (push(env)) {
+        count_accepted();
+        work_.notify_one();
+        return submit_result<Job>{submit_status::accepted, std::nullopt};
+      }
+      if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) {
+        finish_one();
+        return reject(std::move(env.job), submit_status::closed);
+      }
+      if (policy == overflow_policy::reject) {
+        finish_one();
+        return reject(std::move(env.job), submit_status::full);
+      }
+      if (policy == overflow_policy::drop_oldest) {
+        if (auto old = pop_queue()) dead_letter(door_shard(), std::move(*old), dead_letter_reason::dropped);
+        continue;
+      }
+      // block
+      if (in_handler()) {
+        finish_one();
+        return reject(std::move(env.job), submit_status::full);
+      }
+      const time_point limit = std::min(until, deadline);
+      const auto ticket = space_.prepare();
+      if (push(env)) {
+        space_.cancel();
+        count_accepted();
+        work_.notify_one();
+        return submit_result<Job>{submit_status::accepted, std::nullopt};
+      }
+      if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) {
+        space_.cancel();
+        continue;  // reported as closed above
+      }
+      if (limit != time_point::max() && clock_.now() >= limit) {
+        space_.cancel();
+        finish_one();
+        return reject(std::move(env.job), deadline <= until ? submit_status::would_miss_deadline : submit_status::timeout);
+      }
+      space_.wait_until(ticket, limit);
+    }
+  }
+
+  // ---------------------------------------------------------- queue io --
+  bool push(envelope& env) { return queue_.try_push(std::move(env)); }
+  std::optional<envelope> pop_queue() {
+    auto e = queue_.try_pop();
+    if (e) space_.notify();
+    return e;
+  }
+
+  void push_retry(envelope&& env, std::int64_t ready_ns) {
+    std::lock_guard lock(retry_mutex_);
+    retries_.push_back(retry_item{ready_ns, retry_seq_++, std::move(env)});
+    std::push_heap(retries_.begin(), retries_.end(), retry_later);
+    retry_count_.store(retries_.size(), std::memory_order_relaxed);
+    next_retry_ns_.store(retries_.front().ready_ns, std::memory_order_release);
+  }
+  static bool retry_later(const retry_item& a, const retry_item& b) noexcept {
+    return a.ready_ns != b.ready_ns ? a.ready_ns > b.ready_ns : a.seq > b.seq;
+  }
+  std::optional<envelope> pop_due_retry(std::int64_t now_ns) {
+    if (next_retry_ns_.load(std::memory_order_acquire) > now_ns) return std::nullopt;
+    std::lock_guard lock(retry_mutex_);
+    if (retries_.empty() || retries_.front().ready_ns > now_ns) return std::nullopt;
+    std::pop_heap(retries_.begin(), retries_.end(), retry_later);
+    envelope env = std::move(retries_.back().env);
+    retries_.pop_back();
+    retry_count_.store(retries_.size(), std::memory_order_relaxed);
+    next_retry_ns_.store(retries_.empty() ? no_retry : retries_.front().ready_ns, std::memory_order_release);
+    return env;
+  }
+
+  // ------------------------------------------------------- final states --
+  stats_shard& door_shard() noexcept { return shards_[0]; }
+  static stats_shard& shard_of(const worker_ctx& c) noexcept { return *c.shard; }
+
+  void dead_letter(stats_shard& s, envelope&& env, dead_letter_reason reason) noexcept {
+    switch (reason) {
+      case dead_letter_reason::failed: s.dl_failed.fetch_add(1, std::memory_order_relaxed); break;
+      case dead_letter_reason::expired: s.dl_expired.fetch_add(1, std::memory_order_relaxed); break;
+      case dead_letter_reason::dropped: s.dl_dropped.fetch_add(1, std::memory_order_relaxed); break;
+      case dead_letter_reason::cancelled: s.dl_cancelled.fetch_add(1, std::memory_order_relaxed); break;
+    }
+    if (opts_.dead_letter) {
+      try {
+        opts_.dead_letter(std::move(env.job), reason, env.last_error);
+      } catch (...) {
+        s.sink_errors.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    finish_one();
+  }
+
+  void cancel_everything_queued() {
+    auto& s = door_shard();
+    if (sim_ctx_.held) {
+      dead_letter(s, std::move(*sim_ctx_.held), dead_letter_reason::cancelled);
+      sim_ctx_.held.reset();
+    }
+    // The queue is closed: no new position can be claimed, but a push that
+    // claimed one before close() may still be publishing (try_pop reports
+    // empty until it does), so loop on the claimed count, not on try_pop.
+    while (queue_.size_approx() != 0) {
+      if (auto e = queue_.try_pop()) {
+        dead_letter(s, std::move(*e), dead_letter_reason::cancelled);
+      } else {
+        std::this_thread::yield();
+      }
+    }
+    std::vector<retry_item> pending;
+    {
+      std::lock_guard lock(retry_mutex_);
+      pending.swap(retries_);
+      retry_count_.store(0, std::memory_order_relaxed);
+      next_retry_ns_.store(no_retry, std::memory_order_release);
+    }
+    std::sort(pending.begin(), pending.end(), [](const retry_item& a, const retry_item& b) { return retry_later(b, a); });
+    for (auto& r : pending) dead_letter(s, std::move(r.env), dead_letter_reason::cancelled);
+  }
+
+  // ----------------------------------------------------------- dispatch --
+
+  // One scheduling decision at time `now` for context c: take a job (due
+  // retries first, then the queue), expire it, or pass it through the gates
+  // and run it. The gates are ordered so that no rate token is spent unless
+  // the job is dispatched at `now`: a side-effect-free rate check, then the
+  // concurrency permit, then the backend lease, then the token itself.
+  progress_result try_progress(worker_ctx& c, time_point now) {
+    const std::int64_t now_ns = to_ns(now);
+    if (!c.held) {
+      if (auto r = pop_due_retry(now_ns)) {
+        c.held.emplace(std::move(*r));
+      } else if (auto q = pop_queue()) {
+        c.held.emplace(std::move(*q));
+      } else {
+        const auto nr = next_retry_ns_.load(std::memory_order_acquire);
+        return {progress::idle, nr == no_retry ? time_point::max() : from_ns(nr)};
+      }
+    }
+    envelope& env = *c.held;
+    if (env.deadline < now) {
+      auto e = std::move(env);
+      c.held.reset();
+      dead_letter(shard_of(c), std::move(e), dead_letter_reason::expired);
+      return {progress::progressed, now};
+    }
+    if (limiter_) {
+      const time_point at = limiter_->available_at(1, now);
+      if (at > now) return {progress::wait_rate, at};
+    }
+    std::optional<levee::permit> permit;
+    if (concurrency_) {
+      auto p = concurrency_->try_acquire();
+      if (!p) return {progress::wait_capacity, time_point::max()};
+      permit.emplace(std::move(p));
+    }
+    auto lease = pick(env);
+    if (!lease) return {progress::wait_capacity, time_point::max()};
+    if (limiter_ && !limiter_->try_acquire(1, now)) return {progress::wait_rate, limiter_->available_at(1, now)};
+    auto job_env = std::move(env);
+    c.held.reset();
+    run(c, std::move(job_env), std::move(*lease), std::move(permit), now);
+    return {progress::progressed, now};
+  }
+
+  std::optional<typename balancer_type::lease> pick(envelope& env) {
+    pick_request req;
+    req.key = env.key;
+    if (!env.failed_on.empty()) {
+      req.exclude = std::span<const backend_id>(env.failed_on.data(), env.failed_on.size());
+      auto l = balancer_.try_pick(req);
+      if (l) return l;
+      // Failed on every current backend: retry anywhere rather than never.
+      bool all_failed = true;
+      {
+        std::lock_guard lock(backends_mutex_);
+        for (const auto& [id, b] : backends_)
+          if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) all_failed = false;
+      }
+      if (!all_failed) return std::nullopt;
+      env.failed_on.clear();
+      req.exclude = {};
+    }
+    return balancer_.try_pick(req);
+  }
+
+  void run(worker_ctx& c, envelope env, typename balancer_type::lease lease, std::optional<levee::permit> permit,
+           time_point start) {
+    stats_shard& s = shard_of(c);
+    const std::int64_t start_ns = to_ns(start);
+    const auto& backend = lease.payload();
+    s.started.fetch_add(1, std::memory_order_relaxed);
+    backend->started.fetch_add(1, std::memory_order_relaxed);
+    s.dwell.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, start_ns - to_ns(env.ready))));
+    dispatches_.add(start_ns);
+    if (env.attempts == 0 && opts_.retry.max_attempts > 1) budget_.deposit(start_ns);
+    ++env.attempts;
+    const std::size_t in_flight_now = in_flight_.fetch_add(1, std::memory_order_relaxed) + 1;
+
+    handler_result result = handler_result::success();
+    {
+      const leveler* outer = current_;
+      current_ = this;
+      try {
+        result = backend->handler->invoke(env.job);
+      } catch (...) {
+        result = handler_result::failure(std::current_exception());
+      }
+      current_ = outer;
+    }
+    const time_point end = clock_.now();
+    const auto service = std::max(std::chrono::nanoseconds{0}, std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
+    s.service.record(static_cast<std::uint64_t>(service.count()));
+    const backend_id id = lease.id();
+    lease.finish(result.ok() ? outcome::success : outcome::failure, service);
+    if (permit) permit->release();
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    if (adaptive_) {
+      std::lock_guard lock(adaptive_mutex_);
+      adaptive_->on_sample(service, in_flight_now, !result.ok());
+      concurrency_->set_limit(adaptive_->limit());
+    }
+    if (concurrency_ || backend_limits_possible()) work_.notify();
+
+    if (result.ok()) {
+      s.succeeded.fetch_add(1, std::memory_order_relaxed);
+      backend->succeeded.fetch_add(1, std::memory_order_relaxed);
+      finish_one();
+      return;
+    }
+    s.failed.fetch_add(1, std::memory_order_relaxed);
+    backend->failed.fetch_add(1, std::memory_order_relaxed);
+    env.last_error = result.error();
+    if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) env.failed_on.push_back(id);
+    retry_or_dead_letter(c, s, std::move(env), end);
+  }
+
+  static constexpr bool backend_limits_possible() noexcept { return true; }
+
+  void retry_or_dead_letter(worker_ctx& c, stats_shard& s, envelope&& env, time_point now) {
+    if (stopping_.load(std::memory_order_acquire)) {
+      dead_letter(s, std::move(env), dead_letter_reason::cancelled);
+      return;
+    }
+    if (env.attempts >= opts_.retry.max_attempts) {
+      dead_letter(s, std::move(env), dead_letter_reason::failed);
+      return;
+    }
+    const auto delay = detail::leveler_backoff(opts_.retry.base_backoff, opts_.retry.max_backoff, env.attempts, c.rng);
+    const time_point ready = now + std::chrono::duration_cast<duration>(delay);
+    if (ready > env.deadline) {
+      dead_letter(s, std::move(env), dead_letter_reason::failed);
+      return;
+    }
+    if (!budget_.try_withdraw(to_ns(now))) {
+      s.budget_denied.fetch_add(1, std::memory_order_relaxed);
+      dead_letter(s, std::move(env), dead_letter_reason::failed);
+      return;
+    }
+    s.retried.fetch_add(1, std::memory_order_relaxed);
+    env.ready = ready;
+    push_retry(std::move(env), to_ns(ready));
+    // stop() may have swept the retry heap between our check and the push.
+    if (stopping_.load(std::memory_order_seq_cst)) {
+      std::vector<retry_item> pending;
+      {
+        std::lock_guard lock(retry_mutex_);
+        pending.swap(retries_);
+        retry_count_.store(0, std::memory_order_relaxed);
+        next_retry_ns_.store(no_retry, std::memory_order_release);
+      }
+      for (auto& r : pending) dead_letter(s, std::move(r.env), dead_letter_reason::cancelled);
+      return;
+    }
+    work_.notify_one();
+  }
+
+  // ------------------------------------------------------------ workers --
+  void worker_main(std::size_t index) {
+    worker_ctx& c = *ctxs_[index];
+    stats_shard& s = shards_[index + 1];
+    int idle_spins = 0;
+    while (!stopping_.load(std::memory_order_acquire)) {
+      auto r = try_progress(c, clock_.now());
+      if (r.kind == progress::progressed) {
+        idle_spins = 0;
+        continue;
+      }
+      if (r.kind == progress::idle && idle_spins < max_idle_spins) {
+        ++idle_spins;
+        std::this_thread::yield();
+        continue;
+      }
+      const auto ticket = work_.prepare();
+      if (stopping_.load(std::memory_order_seq_cst)) {
+        work_.cancel();
+        break;
+      }
+      r = try_progress(c, clock_.now());
+      if (r.kind == progress::progressed) {
+        work_.cancel();
+        idle_spins = 0;
+        continue;
+      }
+      work_.wait_until(ticket, r.until);
+    }
+    if (c.held) {
+      dead_letter(s, std::move(*c.held), dead_letter_reason::cancelled);
+      c.held.reset();
+    }
+  }
+  static constexpr int max_idle_spins = 16;
+
+  // -------------------------------------------------------- simulation --
+
+  // Steps and advances time (or sleeps) to each next event until no job is
+  // outstanding (drain) or the next event lies after `until`.
+  bool simulate_until(time_point until, bool until_drained) {
+    std::size_t n = 0;
+    return simulate(until, until_drained, n);
+  }
+  bool simulate(time_point until, bool until_drained, std::size_t& n) {
+    for (;;) {
+      n += step();
+      if (until_drained && outstanding_.load(std::memory_order_acquire) == 0) return true;
+      if (stopping_.load(std::memory_order_acquire)) return outstanding_.load(std::memory_order_acquire) == 0;
+      const auto next = next_event();
+      if (!next) {
+        if (until_drained && sim_wait_.kind != progress::idle)
+          throw std::logic_error("levee::leveler::drain: jobs are outstanding but can never be dispatched "
+                                 "(no backend, or every backend is saturated)");
+        if (until_drained && outstanding_.load(std::memory_order_acquire) != 0)
+          throw std::logic_error("levee::leveler::drain: jobs are outstanding but nothing can move them");
+        return outstanding_.load(std::memory_order_acquire) == 0;
+      }
+      if (*next > until) return outstanding_.load(std::memory_order_acquire) == 0;
+      const time_point now = clock_.now();
+      if (*next > now) {
+        if constexpr (requires(Clock& ck, time_point tp) { ck.set(tp); }) {
+          clock_.set(*next);
+        } else {
+          sleeper<Clock> zz(clock_);
+          (void)zz.sleep_until(*next);
+        }
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ members --
+  options opts_;
+  Clock clock_;
+  mpmc_queue<envelope> queue_;
+  balancer_type balancer_;
+  std::optional<rate_limiter<Clock>> limiter_;
+  std::uint64_t burst_ = 0;
+  std::optional<concurrency_limiter> concurrency_;
+  std::optional<adaptive_limit<>> adaptive_;
+  std::mutex adaptive_mutex_;
+  detail::leveler_retry_budget budget_;
+  detail::leveler_window_counter arrivals_;
+  detail::leveler_window_counter dispatches_;
+
+  mutable std::mutex backends_mutex_;
+  std::unordered_map<backend_id, std::shared_ptr<detail::leveler_backend<Job>>> backends_;
+  backend_id next_backend_id_ = 1;
+
+  std::mutex retry_mutex_;
+  std::vector<retry_item> retries_;
+  std::uint64_t retry_seq_ = 0;
+  std::atomic<std::size_t> retry_count_{0};
+  std::atomic<std::int64_t> next_retry_ns_{no_retry};
+
+  struct alignas(detail::false_sharing_range) door_counters {
+    std::atomic<std::uint64_t> submitted{0}, accepted{0};
+    std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0}, rejected_timeout{0};
+  } door_;
+  alignas(detail::false_sharing_range) std::atomic<std::uint64_t> outstanding_{0};
+  std::atomic<std::uint64_t> outstanding_peak_{0};
+  alignas(detail::false_sharing_range) std::atomic<std::size_t> in_flight_{0};
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> stopped_{false};
+  std::mutex stop_mutex_;
+
+  detail::leveler_event<Clock> work_;   // workers: job, retry, capacity, backend, rate change, stop
+  detail::leveler_event<Clock> space_;  // blocked submitters: a slot was freed, close, stop
+  detail::leveler_event<Clock> quiet_;  // drain(): outstanding reached zero
+  std::int64_t start_ns_;
+
+  std::unique_ptr<stats_shard[]> shards_;  // [0]: non-worker threads and simulation; [i+1]: worker i
+  std::vector<std::unique_ptr<worker_ctx>> ctxs_;
+  worker_ctx sim_ctx_;
+  progress_result sim_wait_{};
+  std::vector<std::thread> threads_;
+};
+
+template <class Job, class Strategy, clock Clock>
+metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
+  metrics_snapshot m;
+  const time_point now = clock_.now();
+  const std::int64_t now_ns = to_ns(now);
+
+  m.submitted = door_.submitted.load(std::memory_order_relaxed);
+  m.accepted = door_.accepted.load(std::memory_order_relaxed);
+  m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);
+  m.rejected.closed = door_.rejected_closed.load(std::memory_order_relaxed);
+  m.rejected.would_miss_deadline = door_.rejected_deadline.load(std::memory_order_relaxed);
+  m.rejected.timeout = door_.rejected_timeout.load(std::memory_order_relaxed);
+
+  detail::metrics_histogram_counts dwell, service;
+  for (std::size_t i = 0; i <= opts_.workers; ++i) {
+    const stats_shard& s = shards_[i];
+    m.started += s.started.load(std::memory_order_relaxed);
+    m.succeeded += s.succeeded.load(std::memory_order_relaxed);
+    m.failed += s.failed.load(std::memory_order_relaxed);
+    m.retried += s.retried.load(std::memory_order_relaxed);
+    m.retries_denied_by_budget += s.budget_denied.load(std::memory_order_relaxed);
+    m.dead_lettered.failed += s.dl_failed.load(std::memory_order_relaxed);
+    m.dead_lettered.expired += s.dl_expired.load(std::memory_order_relaxed);
+    m.dead_lettered.dropped += s.dl_dropped.load(std::memory_order_relaxed);
+    m.dead_lettered.cancelled += s.dl_cancelled.load(std::memory_order_relaxed);
+    m.dead_letter_sink_errors += s.sink_errors.load(std::memory_order_relaxed);
+    s.dwell.add_to(dwell);
+    s.service.add_to(service);
+  }
+  m.dwell_time = histogram_snapshot(dwell);
+  m.service_time = histogram_snapshot(service);
+
+  m.queue_depth = queue_.size_approx();
+  m.queue_capacity = opts_.capacity;
+  m.retry_pending = retry_count_.load(std::memory_order_relaxed);
+  m.in_flight = in_flight_.load(std::memory_order_relaxed);
+  m.outstanding = outstanding_.load(std::memory_order_acquire);
+  m.outstanding_peak = outstanding_peak_.load(std::memory_order_relaxed);
+  if (limiter_) {
+    m.rate_limit = limiter_->get_rate().per_second_value();
+    m.burst = limiter_->burst();
+  }
+  if (concurrency_) m.concurrency_limit = concurrency_->limit();
+  m.workers = opts_.workers;
+  m.closed = closed_.load(std::memory_order_acquire);
+  m.stopped = stopped_.load(std::memory_order_acquire);
+
+  {
+    std::lock_guard lock(backends_mutex_);
+    for (const auto& st : balancer_.stats()) {
+      backend_metrics b;
+      b.id = st.id;
+      b.weight = static_cast<double>(st.weight);
+      b.tier = static_cast<std::uint32_t>(st.tier);
+      b.in_flight = static_cast<std::size_t>(st.in_flight);
+      b.latency_ewma = std::chrono::duration_cast<std::chrono::nanoseconds>(st.latency_ewma);
+      b.ejected = st.ejected;
+      b.healthy = st.healthy;
+      if (auto it = backends_.find(st.id); it != backends_.end()) {
+        b.started = it->second->started.load(std::memory_order_relaxed);
+        b.succeeded = it->second->succeeded.load(std::memory_order_relaxed);
+        b.failed = it->second->failed.load(std::memory_order_relaxed);
+      }
+      if (b.ejected) ++m.ejected_backends;
+      m.backends.push_back(b);
+    }
+  }
+  std::sort(m.backends.begin(), m.backends.end(), [](const backend_metrics& a, const backend_metrics& b) { return a.id < b.id; });
+
+  // Rates over the last second (10 whole 100 ms slots plus the current one),
+  // never over more time than the leveler has existed.
+  auto per_second = [&](const detail::leveler_window_counter& w) {
+    const auto s = w.sum(now_ns, 10);
+    std::int64_t span = std::min(s.span_ns, now_ns - start_ns_);
+    if (span <= 0) return 0.0;
+    return static_cast<double>(s.count) * 1e9 / static_cast<double>(span);
+  };
+  m.arrival_rate = per_second(arrivals_);
+  m.dispatch_rate = per_second(dispatches_);
+  m.drain_rate = m.rate_limit ? *m.rate_limit : m.dispatch_rate;
+  const double backlog = static_cast<double>(m.queue_depth + m.retry_pending);
+  if (backlog == 0) {
+    m.drain_eta = std::chrono::nanoseconds{0};
+  } else if (m.drain_rate > m.arrival_rate) {
+    m.drain_eta = std::chrono::nanoseconds{static_cast<std::int64_t>(backlog / (m.drain_rate - m.arrival_rate) * 1e9)};
+  } else {
+    m.trailing_behind = true;
+  }
+  return m;
+}
+
+}  // namespace levee

@@ -1,0 +1,191 @@
+// levee/detail/wait.hpp - spin-then-park building blocks: a CPU pause, a
+// parking primitive on a 32-bit word (futex on Linux, a striped
+// mutex/condition_variable table elsewhere) with absolute deadlines on real
+// clocks, and an event count whose notify costs one load when nobody waits.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <thread>
+#include <type_traits>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <ctime>
+#else
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace levee::detail {
+
+// One spin-wait hint: lets the sibling hyper-thread run and keeps a spinning
+// core from flooding the memory system with speculative loads.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "levee parks threads on std::atomic<uint32_t> words: they must be plain lock-free 32-bit words");
+
+// A deadline resolved to something the parking primitive understands: none
+// (wait until woken), or an absolute time on CLOCK_MONOTONIC / CLOCK_REALTIME.
+struct park_deadline {
+  enum class kind { none, monotonic, realtime, expired } k = kind::none;
+  std::int64_t sec = 0;
+  std::int64_t nsec = 0;
+};
+
+// Anything further away than this is treated as "no deadline": it avoids
+// overflow in clock arithmetic for time_point::max() and similar sentinels.
+inline constexpr std::chrono::duration<double> far_future_limit{3.0e9};  // ~95 years
+
+template <class Clock, class Duration>
+[[nodiscard]] park_deadline to_park_deadline(const std::chrono::time_point<Clock, Duration>& tp) {
+  using namespace std::chrono;
+  const auto remaining = duration<double>(tp - Clock::now());
+  if (remaining <= duration<double>::zero()) return {park_deadline::kind::expired, 0, 0};
+  if (remaining > far_future_limit) return {};
+  auto absolute = [](auto since_epoch, park_deadline::kind k) {
+    const auto ns = ceil<nanoseconds>(since_epoch);
+    const auto s = floor<seconds>(ns);
+    return park_deadline{k, static_cast<std::int64_t>(s.count()), static_cast<std::int64_t>((ns - s).count())};
+  };
+  if constexpr (std::is_same_v<Clock, steady_clock>) {
+    // libstdc++ and libc++ implement steady_clock with CLOCK_MONOTONIC.
+    return absolute(tp.time_since_epoch(), park_deadline::kind::monotonic);
+  } else if constexpr (std::is_same_v<Clock, system_clock>) {
+    return absolute(tp.time_since_epoch(), park_deadline::kind::realtime);
+  } else {
+    // Any other clock: wait for the remaining time measured on steady_clock;
+    // the caller re-checks Clock::now() after waking.
+    const auto steady_tp = steady_clock::now() + ceil<nanoseconds>(remaining);
+    return absolute(steady_tp.time_since_epoch(), park_deadline::kind::monotonic);
+  }
+}
+
+#if defined(__linux__)
+
+inline std::uint32_t* futex_word(std::atomic<std::uint32_t>& word) noexcept {
+  return reinterpret_cast<std::uint32_t*>(&word);
+}
+
+// Blocks while word == expected, until woken or the deadline. May return
+// spuriously; the caller re-checks its condition.
+inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const park_deadline& d = {}) noexcept {
+  if (d.k == park_deadline::kind::expired) return;
+  if (d.k == park_deadline::kind::none) {
+    syscall(SYS_futex, futex_word(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+    return;
+  }
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(d.sec);
+  ts.tv_nsec = static_cast<long>(d.nsec);
+  const int op = FUTEX_WAIT_BITSET_PRIVATE | (d.k == park_deadline::kind::realtime ? FUTEX_CLOCK_REALTIME : 0);
+  syscall(SYS_futex, futex_word(word), op, expected, &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
+}
+
+inline void unpark(std::atomic<std::uint32_t>& word, int count) noexcept {
+  syscall(SYS_futex, futex_word(word), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+}
+
+#else
+
+// Portable fallback: a striped table of mutex + condition_variable pairs.
+struct park_bucket {
+  std::mutex mutex;
+  std::condition_variable cv;
+};
+inline park_bucket& bucket_for(const void* address) noexcept {
+  static park_bucket table[64];
+  return table[std::hash<const void*>{}(address) % 64];
+}
+
+inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const park_deadline& d = {}) noexcept {
+  using namespace std::chrono;
+  if (d.k == park_deadline::kind::expired) return;
+  park_bucket& b = bucket_for(&word);
+  std::unique_lock lock(b.mutex);
+  if (word.load(std::memory_order_seq_cst) != expected) return;
+  if (d.k == park_deadline::kind::none) {
+    b.cv.wait(lock);
+  } else if (d.k == park_deadline::kind::realtime) {
+    b.cv.wait_until(lock, system_clock::time_point(duration_cast<system_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
+  } else {
+    b.cv.wait_until(lock, steady_clock::time_point(duration_cast<steady_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
+  }
+}
+
+inline void unpark(std::atomic<std::uint32_t>& word, int) noexcept {
+  park_bucket& b = bucket_for(&word);
+  { std::lock_guard lock(b.mutex); }
+  b.cv.notify_all();
+}
+
+#endif
+
+// An event count (Dekker-style announce / re-check / park).
+//
+// Waiter:   key = prepare_wait(); if (condition holds) cancel_wait(); else wait(key, deadline);
+// Notifier: make the condition true with a seq_cst store or RMW, then notify_one()/notify_all().
+//
+// No lost wake-up: prepare_wait's seq_cst increment and the notifier's seq_cst
+// load of the waiter count are ordered in the single total order S together
+// with the notifier's seq_cst store of the condition and the waiter's seq_cst
+// re-check. Either the notifier's load sees the waiter (and bumps the epoch
+// the waiter parks on, so the futex compare fails or the wake finds it), or
+// the waiter's re-check sees the condition. When nobody waits, notify_one()
+// is a single load (a plain mov on x86-64).
+class event_count {
+ public:
+  [[nodiscard]] std::uint32_t prepare_wait() noexcept {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    return epoch_.load(std::memory_order_seq_cst);
+  }
+  void cancel_wait() noexcept { waiters_.fetch_sub(1, std::memory_order_relaxed); }
+  // Parks until notified, the deadline, or spuriously; always deregisters.
+  void wait(std::uint32_t key, const park_deadline& d = {}) noexcept {
+    park(epoch_, key, d);
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  void notify_one() noexcept {
+    if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      unpark(epoch_, 1);
+    }
+  }
+  void notify_all() noexcept {
+    if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      unpark(epoch_, INT_MAX);
+    }
+  }
+  // Wakes everyone even if the count looks zero (used by close()).
+  void notify_all_unconditionally() noexcept {
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    unpark(epoch_, INT_MAX);
+  }
+  [[nodiscard]] std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint32_t> waiters_{0};
+  std::atomic<std::uint32_t> epoch_{0};
+};
+
+}  // namespace levee::detail

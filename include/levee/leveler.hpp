@@ -23,6 +23,12 @@
 #include <levee/balance.hpp>
 #include <levee/clock.hpp>
 #include <levee/concurrency_limiter.hpp>
+#if __has_include(<levee/adaptive_limit.hpp>)
+#include <levee/adaptive_limit.hpp>
+#define LEVEE_DETAIL_LEVELER_ADAPTIVE 1
+#else
+#define LEVEE_DETAIL_LEVELER_ADAPTIVE 0
+#endif
 #include <levee/detail/leveler_support.hpp>
 #include <levee/metrics.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -229,7 +235,7 @@ concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable
 // registered nothing could ever run, so it is just stop()); in simulation
 // mode, stop().
 // ---------------------------------------------------------------------------
-template <class Job, class Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
+template <class Job, strategy Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
 class leveler {
   static_assert(std::is_move_constructible_v<Job>, "levee::leveler: Job must be move constructible");
   static_assert(std::is_nothrow_move_constructible_v<Job>,
@@ -259,7 +265,9 @@ class leveler {
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
     std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 1 ms), at least 1
     std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
+#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
+#endif
     std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
     levee::retry_policy retry;
     std::optional<duration> default_deadline;  // relative to submission, for jobs without a deadline
@@ -288,10 +296,13 @@ class leveler {
       burst_ = opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate);
       limiter_.emplace(*opts_.rate, burst_, c);
     }
+#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (opts_.adaptive) {
       adaptive_.emplace(*opts_.adaptive);
       concurrency_.emplace(adaptive_->limit());
-    } else if (opts_.max_concurrency != 0) {
+    } else
+#endif
+    if (opts_.max_concurrency != 0) {
       concurrency_.emplace(opts_.max_concurrency);
     }
     shards_ = std::make_unique<stats_shard[]>(opts_.workers + 1);
@@ -356,18 +367,23 @@ class leveler {
     return true;
   }
 
-  // Run-time reconfiguration of a backend (forwarded to the balancer).
-  void set_weight(backend_id id, std::uint32_t weight) {
-    balancer_.set_weight(id, weight);
+  // Run-time reconfiguration of a backend (see levee::balancer); false if
+  // there is no such backend. Weight 0 throws std::invalid_argument.
+  // Blocking: briefly, while the balancer publishes a new snapshot.
+  bool set_weight(backend_id id, std::uint32_t weight) {
+    const bool ok = balancer_.set_weight(id, weight);
     work_.notify_always();
+    return ok;
   }
-  void set_max_in_flight(backend_id id, std::size_t max_in_flight) {
-    balancer_.set_max_in_flight(id, max_in_flight);
+  bool set_max_in_flight(backend_id id, std::size_t max_in_flight) {
+    const bool ok = balancer_.set_max_in_flight(id, max_in_flight);
     work_.notify_always();
+    return ok;
   }
-  void set_healthy(backend_id id, bool healthy) {
-    balancer_.set_healthy(id, healthy);
+  bool set_healthy(backend_id id, bool healthy) {
+    const bool ok = balancer_.set_healthy(id, healthy);
     work_.notify_always();
+    return ok;
   }
 
   [[nodiscard]] std::size_t backend_count() const {
@@ -574,7 +590,7 @@ class leveler {
   // Changes a fixed concurrency limit. Throws std::logic_error without one
   // (or when the limit is adaptive).
   void set_concurrency_limit(std::size_t limit) {
-    if (!concurrency_ || adaptive_)
+    if (!concurrency_ || is_adaptive())
       throw std::logic_error("levee::leveler::set_concurrency_limit: the leveler has no fixed concurrency limit");
     concurrency_->set_limit(limit);
     work_.notify_always();
@@ -617,9 +633,10 @@ class leveler {
   };
 
   struct worker_ctx {
-    explicit worker_ctx(std::uint64_t seed) : rng(seed) {}
+    explicit worker_ctx(std::uint64_t seed) : rng(seed), pick_rng(seed ^ 0x9e3779b97f4a7c15ULL) {}
     std::optional<envelope> held;  // popped, waiting for a gate
-    detail::leveler_rng rng;
+    detail::leveler_rng rng;       // backoff jitter
+    levee::rng pick_rng;           // the strategy's randomness (deterministic per seed in simulation)
     stats_shard* shard = nullptr;
   };
 
@@ -645,9 +662,11 @@ class leveler {
     if (o.default_deadline && *o.default_deadline <= duration::zero())
       throw std::invalid_argument("levee::leveler: options.default_deadline must be > 0, got " +
                                   std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) + " ns");
+#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (o.adaptive && o.max_concurrency != 0)
       throw std::invalid_argument("levee::leveler: set either options.max_concurrency (" + std::to_string(o.max_concurrency) +
                                   ") or options.adaptive, not both");
+#endif
     return o;
   }
 
@@ -900,7 +919,7 @@ class leveler {
       if (!p) return {progress::wait_capacity, time_point::max()};
       permit.emplace(std::move(p));
     }
-    auto lease = pick(env);
+    auto lease = pick(c, env);
     if (!lease) return {progress::wait_capacity, time_point::max()};
     if (limiter_ && !limiter_->try_acquire(1, now)) return {progress::wait_rate, limiter_->available_at(1, now)};
     auto job_env = std::move(env);
@@ -909,9 +928,10 @@ class leveler {
     return {progress::progressed, now};
   }
 
-  std::optional<typename balancer_type::lease> pick(envelope& env) {
+  std::optional<typename balancer_type::lease> pick(worker_ctx& c, envelope& env) {
     pick_request req;
     req.key = env.key;
+    req.random = &c.pick_rng;
     if (!env.failed_on.empty()) {
       req.exclude = std::span<const backend_id>(env.failed_on.data(), env.failed_on.size());
       auto l = balancer_.try_pick(req);
@@ -961,11 +981,15 @@ class leveler {
     lease.finish(result.ok() ? outcome::success : outcome::failure, service);
     if (permit) permit->release();
     in_flight_.fetch_sub(1, std::memory_order_relaxed);
+#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (adaptive_) {
       std::lock_guard lock(adaptive_mutex_);
       adaptive_->on_sample(service, in_flight_now, !result.ok());
       concurrency_->set_limit(adaptive_->limit());
     }
+#else
+    (void)in_flight_now;
+#endif
     if (concurrency_ || backend_limits_possible()) work_.notify();
 
     if (result.ok()) {
@@ -1100,8 +1124,13 @@ class leveler {
   std::optional<rate_limiter<Clock>> limiter_;
   std::uint64_t burst_ = 0;
   std::optional<concurrency_limiter> concurrency_;
+#if LEVEE_DETAIL_LEVELER_ADAPTIVE
   std::optional<adaptive_limit<>> adaptive_;
   std::mutex adaptive_mutex_;
+  [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
+#else
+  [[nodiscard]] static constexpr bool is_adaptive() noexcept { return false; }
+#endif
   detail::leveler_retry_budget budget_;
   detail::leveler_window_counter arrivals_;
   detail::leveler_window_counter dispatches_;
@@ -1140,7 +1169,7 @@ class leveler {
   std::vector<std::thread> threads_;
 };
 
-template <class Job, class Strategy, clock Clock>
+template <class Job, strategy Strategy, clock Clock>
 metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   metrics_snapshot m;
   const time_point now = clock_.now();
@@ -1194,7 +1223,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
       b.id = st.id;
       b.weight = static_cast<double>(st.weight);
       b.tier = static_cast<std::uint32_t>(st.tier);
-      b.in_flight = static_cast<std::size_t>(st.in_flight);
+      b.in_flight = static_cast<std::size_t>(std::max<std::int64_t>(0, st.in_flight));
+      b.max_in_flight = st.max_in_flight;
       b.latency_ewma = std::chrono::duration_cast<std::chrono::nanoseconds>(st.latency_ewma);
       b.ejected = st.ejected;
       b.healthy = st.healthy;

@@ -73,6 +73,21 @@ class leveler_event {
     notify_always();
   }
 
+  // Wakes at least one waiter (all of them with a waitable clock).
+  void notify_one() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if constexpr (waitable_clock<Clock>) {
+      notify_always();
+    } else {
+      {
+        std::lock_guard lock(mutex_);
+        generation_.fetch_add(1, std::memory_order_relaxed);
+      }
+      cv_.notify_one();
+    }
+  }
+
   void notify_always() {
     if constexpr (waitable_clock<Clock>) {
       generation_.fetch_add(1, std::memory_order_acq_rel);

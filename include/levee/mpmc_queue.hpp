@@ -293,11 +293,11 @@ class mpmc_queue {
     for (std::uint64_t i = 0; i < n; ++i, ++first) {
       slot& s = slot_at(pos);
       ::new (static_cast<void*>(s.storage)) T(*first);
-      s.stamp.store(pos + 1, std::memory_order_seq_cst);
+      publish(s, pos + 1);
       pos = next_position(pos);
     }
-    if (n == 1) prod_.not_empty.notify_one();
-    else prod_.not_empty.notify_all();
+    if (n == 1) prod_.not_empty.notify_one(consts_.asymmetric);
+    else prod_.not_empty.notify_all(consts_.asymmetric);
     return static_cast<size_type>(n);
   }
 
@@ -337,21 +337,21 @@ class mpmc_queue {
         *out = std::move(*p);
         ++out;
         p->~T();
-        s.stamp.store(pos + consts_.one_lap, std::memory_order_seq_cst);
+        publish(s, pos + consts_.one_lap);
         pos = next_position(pos);
       }
     } catch (...) {
       for (; i < n; ++i) {
         slot& s = slot_at(pos);
         s.ptr()->~T();
-        s.stamp.store(pos + consts_.one_lap, std::memory_order_seq_cst);
+        publish(s, pos + consts_.one_lap);
         pos = next_position(pos);
       }
-      cons_.not_full.notify_all();
+      cons_.not_full.notify_all(consts_.asymmetric);
       throw;
     }
-    if (n == 1) cons_.not_full.notify_one();
-    else cons_.not_full.notify_all();
+    if (n == 1) cons_.not_full.notify_one(consts_.asymmetric);
+    else cons_.not_full.notify_all(consts_.asymmetric);
     return static_cast<size_type>(n);
   }
 
@@ -424,6 +424,19 @@ class mpmc_queue {
     return static_cast<std::uint64_t>(capacity);
   }
 
+  // Makes a slot's new state visible: the release half orders the element's
+  // construction / move-out before it. The fence half pairs with the
+  // waiter-side fence in detail::event_count (see there): a compiler barrier
+  // when the asymmetric fence is available, else a seq_cst store.
+  void publish(slot& s, std::uint64_t stamp) const noexcept {
+    if (consts_.asymmetric) {
+      s.stamp.store(stamp, std::memory_order_release);
+      detail::light_fence();
+    } else {
+      s.stamp.store(stamp, std::memory_order_seq_cst);
+    }
+  }
+
   [[nodiscard]] std::uint64_t index_of(std::uint64_t pos) const noexcept { return pos & (consts_.mark_bit - 1); }
   [[nodiscard]] slot& slot_at(std::uint64_t pos) const noexcept { return consts_.slots[index_of(pos)]; }
   [[nodiscard]] std::uint64_t next_position(std::uint64_t pos) const noexcept {
@@ -468,10 +481,8 @@ class mpmc_queue {
         if (prod_.tail.compare_exchange_weak(tail, next_position(tail), std::memory_order_relaxed,
                                              std::memory_order_relaxed)) {
           construct(static_cast<void*>(s.storage));
-          // seq_cst store, then seq_cst load of the waiter count in
-          // notify_one: the store-load pair of the event count protocol.
-          s.stamp.store(tail + 1, std::memory_order_seq_cst);
-          prod_.not_empty.notify_one();
+          publish(s, tail + 1);
+          prod_.not_empty.notify_one(consts_.asymmetric);
           return attempt::ok;
         }
       } else if (stamp + consts_.one_lap == tail + 1) {
@@ -497,8 +508,8 @@ class mpmc_queue {
           T* p = s.ptr();
           consume(*p);
           p->~T();
-          s.stamp.store(head + consts_.one_lap, std::memory_order_seq_cst);
-          cons_.not_full.notify_one();
+          publish(s, head + consts_.one_lap);
+          cons_.not_full.notify_one(consts_.asymmetric);
           return attempt::ok;
         }
       } else if (stamp == head) {
@@ -591,7 +602,7 @@ class mpmc_queue {
     }
     bool woken = false;
     for (;;) {
-      const std::uint32_t key = ev.prepare_wait();
+      const std::uint32_t key = ev.prepare_wait(consts_.asymmetric);
       r = op();
       if (r != attempt::ok && r != attempt::closed) {
         detail::park_deadline pd{};
@@ -611,7 +622,7 @@ class mpmc_queue {
       // Pass the baton: a notify_one may have been spent on us while the
       // slot we needed was still busy; if more work is ready and others are
       // parked, wake one of them so that no ready element is stranded.
-      if (woken && ev.waiters() != 0 && ready()) ev.notify_one();
+      if (woken && ev.waiters() != 0 && ready()) ev.notify_one(consts_.asymmetric);
       return queue_status::ok;
     }
   }
@@ -631,11 +642,16 @@ class mpmc_queue {
 
   struct alignas(detail::false_sharing_range) constants {
     constants(std::uint64_t cap, const Allocator& a)
-        : capacity(cap), mark_bit(std::bit_ceil(cap + 1)), one_lap(2 * mark_bit), alloc(a) {}
+        : capacity(cap),
+          mark_bit(std::bit_ceil(cap + 1)),
+          one_lap(2 * mark_bit),
+          asymmetric(!detail::force_symmetric_fence.load() && detail::asymmetric_fence_available()),
+          alloc(a) {}
     slot* slots = nullptr;
     std::uint64_t capacity;
     std::uint64_t mark_bit;  // also one past the largest index
     std::uint64_t one_lap;
+    bool asymmetric;  // event counts use the membarrier-based fence
     [[no_unique_address]] slot_alloc alloc;
   };
   // Written by producers (CAS on tail); the consumers' event count lives here

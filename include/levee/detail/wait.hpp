@@ -13,6 +13,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -140,22 +141,70 @@ inline void unpark(std::atomic<std::uint32_t>& word, int) noexcept {
 
 #endif
 
-// An event count (Dekker-style announce / re-check / park).
+// ---- asymmetric fence --------------------------------------------------------
 //
-// Waiter:   key = prepare_wait(); if (condition holds) cancel_wait(); else wait(key, deadline);
-// Notifier: make the condition true with a seq_cst store or RMW, then notify_one()/notify_all().
+// The event count below needs a StoreLoad fence between a notifier's store
+// of its condition and its load of the waiter count, and between a waiter's
+// announcement and its re-check. On Linux the waiter side pays for both with
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): every running thread of the
+// process passes a full barrier before it returns, so the notifier side only
+// needs a compiler barrier. Elsewhere (or if registration fails) both sides
+// use seq_cst operations instead.
+
+#if defined(__linux__)
+inline bool register_asymmetric_fence() noexcept {
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+#else
+inline bool register_asymmetric_fence() noexcept { return false; }
+#endif
+
+// True if heavy_fence() is available; registers the process on first call.
+[[nodiscard]] inline bool asymmetric_fence_available() noexcept {
+  static const bool ok = register_asymmetric_fence();
+  return ok;
+}
+
+// Test hook: when set, queues constructed afterwards use the symmetric
+// (seq_cst) event-count protocol even where the asymmetric fence exists, so
+// that both code paths are exercised.
+inline std::atomic<bool> force_symmetric_fence{false};
+
+// The cheap side: orders this thread's memory accesses against a concurrent
+// heavy_fence() in another thread. Only a compiler barrier.
+inline void light_fence() noexcept { std::atomic_signal_fence(std::memory_order_seq_cst); }
+
+// The expensive side (a system call that interrupts the CPUs running this
+// process's other threads). Only valid if asymmetric_fence_available().
+inline void heavy_fence() noexcept {
+#if defined(__linux__)
+  syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+#endif
+}
+
+// An event count (Dekker-style announce / re-check / park), in one of two
+// modes fixed by the owner: `asymmetric` (requires asymmetric_fence_available())
+// or symmetric seq_cst.
 //
-// No lost wake-up: prepare_wait's seq_cst increment and the notifier's seq_cst
-// load of the waiter count are ordered in the single total order S together
-// with the notifier's seq_cst store of the condition and the waiter's seq_cst
-// re-check. Either the notifier's load sees the waiter (and bumps the epoch
-// the waiter parks on, so the futex compare fails or the wake finds it), or
-// the waiter's re-check sees the condition. When nobody waits, notify_one()
-// is a single load (a plain mov on x86-64).
+// Waiter:   key = prepare_wait(asym); if (condition holds) cancel_wait(); else wait(key, deadline);
+// Notifier: publish the condition (asymmetric: release store + light_fence();
+//           symmetric: seq_cst store or RMW), then notify_one(asym)/notify_all(asym).
+//
+// No lost wake-up. Symmetric: prepare_wait's seq_cst increment, the
+// waiter's seq_cst re-check, the notifier's seq_cst store and its seq_cst load
+// of the waiter count lie in the single total order S, so either the load sees
+// the waiter or the re-check sees the condition. Asymmetric: the waiter's
+// heavy_fence() after its increment makes every other thread pass a full
+// barrier; if the notifier's load comes after that point it sees the
+// increment, otherwise its earlier store is visible to the re-check. A
+// notifier that sees a waiter bumps the epoch the waiter parks on, so the
+// futex compare fails or the wake finds it.
+// When nobody waits, notify_one() is a single load (relaxed in asymmetric mode).
 class event_count {
  public:
-  [[nodiscard]] std::uint32_t prepare_wait() noexcept {
+  [[nodiscard]] std::uint32_t prepare_wait(bool asymmetric) noexcept {
     waiters_.fetch_add(1, std::memory_order_seq_cst);
+    if (asymmetric) heavy_fence();
     return epoch_.load(std::memory_order_seq_cst);
   }
   void cancel_wait() noexcept { waiters_.fetch_sub(1, std::memory_order_relaxed); }
@@ -164,14 +213,14 @@ class event_count {
     park(epoch_, key, d);
     waiters_.fetch_sub(1, std::memory_order_relaxed);
   }
-  void notify_one() noexcept {
-    if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+  void notify_one(bool asymmetric) noexcept {
+    if (load_waiters(asymmetric) != 0) [[unlikely]] {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
       unpark(epoch_, 1);
     }
   }
-  void notify_all() noexcept {
-    if (waiters_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+  void notify_all(bool asymmetric) noexcept {
+    if (load_waiters(asymmetric) != 0) [[unlikely]] {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
       unpark(epoch_, INT_MAX);
     }
@@ -184,6 +233,9 @@ class event_count {
   [[nodiscard]] std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
 
  private:
+  std::uint32_t load_waiters(bool asymmetric) const noexcept {
+    return asymmetric ? waiters_.load(std::memory_order_relaxed) : waiters_.load(std::memory_order_seq_cst);
+  }
   std::atomic<std::uint32_t> waiters_{0};
   std::atomic<std::uint32_t> epoch_{0};
 };

@@ -559,19 +559,14 @@ class leveler {
     return n;
   }
 
-  // The time of the next event the simulation waits for (a rate token, a
-  // retry becoming due), or nullopt if it waits for nothing timed.
+  // Simulation mode: the time of the next event the last step() stopped at
+  // (a rate token for the job at the head, or the next retry becoming due
+  // when nothing else is waiting), or nullopt if it waits for nothing timed
+  // (idle, or for a backend / concurrency slot).
   [[nodiscard]] std::optional<time_point> next_event() const {
-    std::optional<time_point> next;
-    if (sim_wait_.kind == progress::wait_rate || sim_wait_.kind == progress::idle) {
-      if (sim_wait_.until != time_point::max()) next = sim_wait_.until;
-    }
-    const auto r = next_retry_ns_.load(std::memory_order_acquire);
-    if (r != no_retry) {
-      const time_point rt = from_ns(r);
-      if (!next || rt < *next) next = rt;
-    }
-    return next;
+    if (sim_wait_.kind == progress::progressed || sim_wait_.kind == progress::wait_capacity) return std::nullopt;
+    if (sim_wait_.until == time_point::max()) return std::nullopt;
+    return sim_wait_.until;
   }
 
   // ------------------------------------------------------ configuration --
@@ -717,7 +712,12 @@ class leveler {
   [[nodiscard]] bool admissible(time_point deadline, time_point now) const {
     if (deadline < now) return false;
     if (!limiter_) return true;
-    const std::uint64_t ahead = static_cast<std::uint64_t>(queue_.size_approx()) + retry_count_.load(std::memory_order_relaxed);
+    // Everything accepted and not yet running is ahead of this job: queued,
+    // held by a worker at a gate, or waiting for a retry (conservative: a
+    // retry may become due after this job's dispatch).
+    const std::uint64_t out = outstanding_.load(std::memory_order_acquire);
+    const std::uint64_t running = in_flight_.load(std::memory_order_acquire);
+    const std::uint64_t ahead = out > running ? out - running : 0;
     const std::uint64_t k = ahead + 1;
     const std::uint64_t b = std::max<std::uint64_t>(burst_, 1);
     time_point at;
@@ -928,23 +928,16 @@ class leveler {
     return {progress::progressed, now};
   }
 
-  std::optional<typename balancer_type::lease> pick(worker_ctx& c, envelope& env) {
+  // A retry prefers backends the job has not failed on. When none of those
+  // is eligible right now (all tried, ejected, unhealthy or saturated) it
+  // falls back to any eligible backend rather than stall.
+  std::optional<typename balancer_type::lease> pick(worker_ctx& c, const envelope& env) {
     pick_request req;
     req.key = env.key;
     req.random = &c.pick_rng;
     if (!env.failed_on.empty()) {
       req.exclude = std::span<const backend_id>(env.failed_on.data(), env.failed_on.size());
-      auto l = balancer_.try_pick(req);
-      if (l) return l;
-      // Failed on every current backend: retry anywhere rather than never.
-      bool all_failed = true;
-      {
-        std::lock_guard lock(backends_mutex_);
-        for (const auto& [id, b] : backends_)
-          if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) all_failed = false;
-      }
-      if (!all_failed) return std::nullopt;
-      env.failed_on.clear();
+      if (auto l = balancer_.try_pick(req)) return l;
       req.exclude = {};
     }
     return balancer_.try_pick(req);
@@ -1066,12 +1059,16 @@ class leveler {
         work_.cancel();
         break;
       }
-      r = try_progress(c, clock_.now());
+      const time_point now = clock_.now();
+      r = try_progress(c, now);
       if (r.kind == progress::progressed) {
         work_.cancel();
         idle_spins = 0;
         continue;
       }
+      // Backends also become eligible with time (ejection expiry), which
+      // nobody notifies: re-check a held job at least every capacity_poll.
+      if (r.kind == progress::wait_capacity) r.until = now + std::chrono::duration_cast<duration>(capacity_poll);
       work_.wait_until(ticket, r.until);
     }
     if (c.held) {
@@ -1080,6 +1077,7 @@ class leveler {
     }
   }
   static constexpr int max_idle_spins = 16;
+  static constexpr std::chrono::milliseconds capacity_poll{20};
 
   // -------------------------------------------------------- simulation --
 
@@ -1091,7 +1089,8 @@ class leveler {
   }
   bool simulate(time_point until, bool until_drained, std::size_t& n) {
     for (;;) {
-      n += step();
+      const std::size_t k = step();
+      n += k;
       if (until_drained && outstanding_.load(std::memory_order_acquire) == 0) return true;
       if (stopping_.load(std::memory_order_acquire)) return outstanding_.load(std::memory_order_acquire) == 0;
       const auto next = next_event();
@@ -1105,6 +1104,7 @@ class leveler {
       }
       if (*next > until) return outstanding_.load(std::memory_order_acquire) == 0;
       const time_point now = clock_.now();
+      if (*next <= now && k == 0) return outstanding_.load(std::memory_order_acquire) == 0;  // no progress possible
       if (*next > now) {
         if constexpr (requires(Clock& ck, time_point tp) { ck.set(tp); }) {
           clock_.set(*next);
@@ -1256,6 +1256,7 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   } else if (m.drain_rate > m.arrival_rate) {
     m.drain_eta = std::chrono::nanoseconds{static_cast<std::int64_t>(backlog / (m.drain_rate - m.arrival_rate) * 1e9)};
   } else {
+    m.drain_eta = std::nullopt;
     m.trailing_behind = true;
   }
   return m;

@@ -730,10 +730,6 @@ class leveler {
     return std::max(at, now) <= deadline;
   }
 
-  void count_accepted() noexcept {
-    door_.accepted.fetch_add(1, std::memory_order_relaxed);
-  }
-
   void add_outstanding() noexcept {
     const std::uint64_t now_out = outstanding_.fetch_add(1, std::memory_order_acq_rel) + 1;
     std::uint64_t peak = outstanding_peak_.load(std::memory_order_relaxed);
@@ -760,35 +756,32 @@ class leveler {
         return reject(std::move(job), submit_status::would_miss_deadline);
     }
     envelope env{std::move(job), jo.key, deadline, now, 0, {}, nullptr};
+    // Counted before the push so that no snapshot ever shows a job finished
+    // before it was accepted; undone if the push finally fails.
     add_outstanding();
+    door_.accepted.fetch_add(1, std::memory_order_relaxed);
+    auto refuse = [&](submit_status st) {
+      door_.accepted.fetch_sub(1, std::memory_order_relaxed);
+      finish_one();
+      return reject(std::move(env.job), st);
+    };
     for (;;) {
       if (push(env)) {
-        count_accepted();
         work_.notify_one();
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
-      if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) {
-        finish_one();
-        return reject(std::move(env.job), submit_status::closed);
-      }
-      if (policy == overflow_policy::reject) {
-        finish_one();
-        return reject(std::move(env.job), submit_status::full);
-      }
+      if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) return refuse(submit_status::closed);
+      if (policy == overflow_policy::reject) return refuse(submit_status::full);
       if (policy == overflow_policy::drop_oldest) {
         if (auto old = pop_queue()) dead_letter(door_shard(), std::move(*old), dead_letter_reason::dropped);
         continue;
       }
       // block
-      if (in_handler()) {
-        finish_one();
-        return reject(std::move(env.job), submit_status::full);
-      }
+      if (in_handler()) return refuse(submit_status::full);
       const time_point limit = std::min(until, deadline);
       const auto ticket = space_.prepare();
       if (push(env)) {
         space_.cancel();
-        count_accepted();
         work_.notify_one();
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
@@ -798,8 +791,7 @@ class leveler {
       }
       if (limit != time_point::max() && clock_.now() >= limit) {
         space_.cancel();
-        finish_one();
-        return reject(std::move(env.job), deadline <= until ? submit_status::would_miss_deadline : submit_status::timeout);
+        return refuse(deadline <= until ? submit_status::would_miss_deadline : submit_status::timeout);
       }
       space_.wait_until(ticket, limit);
     }
@@ -841,10 +833,10 @@ class leveler {
 
   void dead_letter(stats_shard& s, envelope&& env, dead_letter_reason reason) noexcept {
     switch (reason) {
-      case dead_letter_reason::failed: s.dl_failed.fetch_add(1, std::memory_order_relaxed); break;
-      case dead_letter_reason::expired: s.dl_expired.fetch_add(1, std::memory_order_relaxed); break;
-      case dead_letter_reason::dropped: s.dl_dropped.fetch_add(1, std::memory_order_relaxed); break;
-      case dead_letter_reason::cancelled: s.dl_cancelled.fetch_add(1, std::memory_order_relaxed); break;
+      case dead_letter_reason::failed: s.dl_failed.fetch_add(1, std::memory_order_release); break;
+      case dead_letter_reason::expired: s.dl_expired.fetch_add(1, std::memory_order_release); break;
+      case dead_letter_reason::dropped: s.dl_dropped.fetch_add(1, std::memory_order_release); break;
+      case dead_letter_reason::cancelled: s.dl_cancelled.fetch_add(1, std::memory_order_release); break;
     }
     if (opts_.dead_letter) {
       try {
@@ -986,7 +978,7 @@ class leveler {
     if (concurrency_ || backend_limits_possible()) work_.notify();
 
     if (result.ok()) {
-      s.succeeded.fetch_add(1, std::memory_order_relaxed);
+      s.succeeded.fetch_add(1, std::memory_order_release);
       backend->succeeded.fetch_add(1, std::memory_order_relaxed);
       finish_one();
       return;
@@ -1175,13 +1167,6 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   const time_point now = clock_.now();
   const std::int64_t now_ns = to_ns(now);
 
-  m.submitted = door_.submitted.load(std::memory_order_relaxed);
-  m.accepted = door_.accepted.load(std::memory_order_relaxed);
-  m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);
-  m.rejected.closed = door_.rejected_closed.load(std::memory_order_relaxed);
-  m.rejected.would_miss_deadline = door_.rejected_deadline.load(std::memory_order_relaxed);
-  m.rejected.timeout = door_.rejected_timeout.load(std::memory_order_relaxed);
-
   detail::metrics_histogram_counts dwell, service;
   for (std::size_t i = 0; i <= opts_.workers; ++i) {
     const stats_shard& s = shards_[i];
@@ -1200,6 +1185,16 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   }
   m.dwell_time = histogram_snapshot(dwell);
   m.service_time = histogram_snapshot(service);
+  // Read after the final-state counters (and with acquire) so that a
+  // snapshot never shows more jobs finished than accepted.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  m.submitted = door_.submitted.load(std::memory_order_relaxed);
+  m.accepted = door_.accepted.load(std::memory_order_acquire);
+  m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);
+  m.rejected.closed = door_.rejected_closed.load(std::memory_order_relaxed);
+  m.rejected.would_miss_deadline = door_.rejected_deadline.load(std::memory_order_relaxed);
+  m.rejected.timeout = door_.rejected_timeout.load(std::memory_order_relaxed);
+
 
   m.queue_depth = queue_.size_approx();
   m.queue_capacity = opts_.capacity;

@@ -1,0 +1,373 @@
+// levee/balance/balancer.hpp - levee::balancer: a live backend set plus a
+// strategy, safe for concurrent picks while another thread changes the set.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "../clock.hpp"
+#include "backend_set.hpp"
+#include "failover.hpp"
+#include "health.hpp"
+#include "round_robin.hpp"
+#include "slow_start.hpp"
+#include "snapshot_cell.hpp"
+#include "strategy.hpp"
+
+namespace levee {
+
+struct pick_request {
+  std::optional<std::uint64_t> key;     // affinity key (hashing strategies)
+  std::span<const backend_id> exclude;  // backends this job already tried
+  rng* random = nullptr;                // the caller's generator; null = a per-thread one
+};
+
+struct backend_stats {
+  backend_id id = 0;
+  std::uint32_t weight = 0;
+  std::uint32_t tier = 0;
+  std::size_t max_in_flight = 0;
+  std::int64_t in_flight = 0;
+  std::chrono::nanoseconds latency_ewma{0};  // peak-EWMA at the time of the call; 0 without samples
+  bool ejected = false;                      // by outlier detection
+  bool healthy = true;                       // the set_healthy mark
+};
+
+// A set of backends (each with a Payload, e.g. a std::shared_ptr<handler>)
+// and a strategy S, decorated as failover<health<slow_start<S>>> with the
+// given health_options.
+//
+// Concurrency: try_pick() and lease operations may run on any number of
+// threads while one or more threads call add/remove/set_*. Every change
+// builds a new immutable snapshot (including S's tables) and publishes it
+// atomically: a pick sees the old set or the new one, never a mix. Picks never
+// block and never allocate. Changes are serialised by a mutex and never wait
+// for picks: the replaced snapshot is freed once no pick can still read it
+// (polled during this and later changes; see detail::snapshot_cell).
+//
+// Load cells (in-flight, latency EWMA, failure streak, ejection) belong to
+// the backend, not to a snapshot: they survive every change except removal.
+template <strategy S = round_robin, clock Clock = std::chrono::steady_clock, class Payload = std::monostate>
+class balancer {
+ public:
+  using strategy_type = S;
+  using clock_type = Clock;
+  using payload_type = Payload;
+  using composed_type = failover<health<slow_start<S>>>;
+  class lease;
+
+  explicit balancer(S s = S{}, health_options h = {}, Clock c = Clock{})
+      : strategy_(make_composed(std::move(s), h)),
+        shared_(std::make_shared<shared_state>(std::move(c), strategy_.inner().detector(), decay_of(strategy_))) {}
+
+  balancer(const balancer&) = delete;
+  balancer& operator=(const balancer&) = delete;
+
+  // Requires: no try_pick() running. Leases may outlive the balancer: their
+  // backend, payload and feedback state stay alive until they are destroyed.
+  ~balancer() {
+    std::lock_guard lock(mutex_);
+    for (auto& m : members_) release(m.n);
+  }
+
+  // Adds a backend. Throws std::invalid_argument on a duplicate id or weight 0.
+  // Blocking: takes the change mutex; allocates; never waits for picks or
+  // leases (see class comment). Memory ordering: everything before the
+  // call (including the payload's construction) happens-before any pick that
+  // returns this backend.
+  void add_backend(backend_id id, Payload p = {}, backend_options o = {}) {
+    if (o.weight == 0)
+      throw std::invalid_argument("levee::balancer::add_backend: weight 0 for backend " + std::to_string(id));
+    std::lock_guard lock(mutex_);
+    auto it = lower(id);
+    if (it != members_.end() && it->n->id == id)
+      throw std::invalid_argument("levee::balancer::add_backend: duplicate backend id " + std::to_string(id));
+    node* n = new node(id, std::move(p), shared_);
+    it = members_.insert(it, member{n, o, true, shared_->now_ns()});
+    try {
+      publish();
+    } catch (...) {
+      members_.erase(it);
+      release(n);
+      throw;
+    }
+  }
+
+  // Removes a backend; false if absent. Leases on it stay valid and finish
+  // normally (without ejecting it). Its payload is destroyed when the last
+  // lease on it ends and no snapshot references it any more (normally within
+  // this call, at the latest at a later change or the balancer's destruction).
+  // Blocking and ordering as add_backend.
+  bool remove_backend(backend_id id) {
+    std::lock_guard lock(mutex_);
+    auto it = lower(id);
+    if (it == members_.end() || it->n->id != id) return false;
+    node* n = it->n;
+    members_.erase(it);
+    shared_->detector->forget(n->cell);
+    publish();
+    release(n);
+    return true;
+  }
+
+  // Changes a weight (0 throws std::invalid_argument); false if absent.
+  // Rebuilds S's tables. Blocking and ordering as add_backend.
+  bool set_weight(backend_id id, std::uint32_t w) {
+    if (w == 0) throw std::invalid_argument("levee::balancer::set_weight: weight 0 for backend " + std::to_string(id));
+    return change(id, [&](member& m) { m.o.weight = w; });
+  }
+
+  // Changes the concurrent-lease cap (0 = unlimited); false if absent.
+  // Existing leases are not affected. Blocking and ordering as add_backend.
+  bool set_max_in_flight(backend_id id, std::size_t max) {
+    return change(id, [&](member& m) { m.o.max_in_flight = max; });
+  }
+
+  // Marks a backend healthy or not (unhealthy = skipped unless in panic);
+  // becoming healthy restarts its slow start. false if absent.
+  // Blocking and ordering as add_backend.
+  bool set_healthy(backend_id id, bool healthy) {
+    return change(id, [&](member& m) {
+      if (healthy && !m.healthy) m.since = shared_->now_ns();
+      m.healthy = healthy;
+    });
+  }
+
+  // Picks a backend and starts a lease on it (in-flight + 1). nullopt when
+  // no backend is eligible: the set is empty, every backend is excluded,
+  // unhealthy or ejected (outside panic), or at max_in_flight.
+  // Blocking: never; wait-free apart from the strategy's bounded probing and
+  // a bounded retry when another thread takes a backend's last slot.
+  // Allocation: none. Memory ordering: the pick reads a complete snapshot
+  // (see snapshot_cell); load counters are relaxed and may be slightly stale.
+  [[nodiscard]] std::optional<lease> try_pick(const pick_request& r = {}) {
+    rng& g = r.random != nullptr ? *r.random : detail::thread_rng();
+    pick_context ctx(g);
+    ctx.key = r.key;
+    ctx.tried = r.exclude;
+    ctx.set_clock(&now_thunk, shared_.get());
+    auto guard = cell_.read();
+    const block* b = guard.get();
+    if (b == nullptr) return std::nullopt;
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const auto i = strategy_.pick(b->view, b->table, ctx);
+      if (!i) return std::nullopt;
+      node* n = b->nodes[*i];
+      if (!acquire_slot(n->cell, b->view[*i].max_in_flight)) continue;  // lost the last slot to another thread
+      n->refs.fetch_add(1, std::memory_order_relaxed);
+      if constexpr (track_total) shared_->total_in_flight.fetch_add(1, std::memory_order_relaxed);
+      return std::optional<lease>(lease(n));
+    }
+    return std::nullopt;
+  }
+
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
+
+  // A consistent listing of the members (takes the change mutex; allocates).
+  [[nodiscard]] std::vector<backend_stats> stats() const {
+    std::lock_guard lock(mutex_);
+    const std::int64_t now = shared_->now_ns();
+    std::vector<backend_stats> out;
+    out.reserve(members_.size());
+    for (const auto& m : members_) {
+      const load_cell& c = m.n->cell;
+      out.push_back(backend_stats{m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, c.load(),
+                                  std::chrono::nanoseconds(std::llround(c.latency_estimate(now, shared_->decay_ns, 0.0))),
+                                  c.ejected_at(now), m.healthy});
+    }
+    return out;
+  }
+
+  [[nodiscard]] const health_options& options() const noexcept { return shared_->detector->options(); }
+  [[nodiscard]] const Clock& get_clock() const noexcept { return shared_->clock; }
+
+ private:
+  static constexpr bool track_total = strategy_traits<composed_type>::needs_total_load;
+
+  struct shared_state {
+    shared_state(Clock c, std::shared_ptr<outlier_detector> d, double decay)
+        : clock(std::move(c)), detector(std::move(d)), decay_ns(decay) {}
+    [[nodiscard]] std::int64_t now_ns() const {
+      return std::chrono::duration_cast<std::chrono::nanoseconds>(clock.now().time_since_epoch()).count();
+    }
+    Clock clock;
+    std::shared_ptr<outlier_detector> detector;
+    double decay_ns;
+    std::atomic<std::int64_t> total_in_flight{0};
+  };
+
+  struct node {
+    node(backend_id i, Payload&& p, std::shared_ptr<shared_state> s) : id(i), payload(std::move(p)), shared(std::move(s)) {}
+    load_cell cell;
+    std::atomic<std::int64_t> refs{1};  // the member list's reference
+    backend_id id;
+    Payload payload;
+    std::shared_ptr<shared_state> shared;
+  };
+
+  struct member {
+    node* n;
+    backend_options o;
+    bool healthy;
+    std::int64_t since;
+  };
+
+  struct block {
+    block(backend_snapshot v, std::vector<node*> ns, const composed_type& s)
+        : view(std::move(v)), nodes(std::move(ns)), table(s.build(view)) {}
+    block(const block&) = delete;
+    block& operator=(const block&) = delete;
+    ~block() {
+      for (node* n : nodes) release(n);
+    }
+    backend_snapshot view;
+    std::vector<node*> nodes;  // parallel to view
+    typename composed_type::table_type table;
+  };
+
+  static void release(node* n) noexcept {
+    // Memory ordering: acq_rel so the last owner sees every write made by
+    // other owners (payload use, cell updates) before it destroys the node.
+    if (n->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete n;
+  }
+
+  static bool acquire_slot(load_cell& c, std::size_t max) noexcept {
+    if (max == 0) {
+      c.in_flight.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
+    std::int64_t cur = c.in_flight.load(std::memory_order_relaxed);
+    do {
+      if (cur >= static_cast<std::int64_t>(max)) return false;
+    } while (!c.in_flight.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
+    return true;
+  }
+
+  static std::int64_t now_thunk(const void* p) { return static_cast<const shared_state*>(p)->now_ns(); }
+
+  static composed_type make_composed(S s, const health_options& h) {
+    h.validate("levee::balancer");
+    slow_start_options ss{h.slow_start_window, h.slow_start_aggression, h.slow_start_min_weight};
+    return composed_type(health<slow_start<S>>(slow_start<S>(std::move(s), ss), h));
+  }
+
+  static double decay_of(const composed_type& c) {
+    if constexpr (requires { c.latency_decay(); }) return static_cast<double>(c.latency_decay().count());
+    else return 10e9;  // 10 s, for stats only
+  }
+
+  auto lower(backend_id id) {
+    return std::lower_bound(members_.begin(), members_.end(), id, [](const member& m, backend_id v) { return m.n->id < v; });
+  }
+
+  template <class F>
+  bool change(backend_id id, F&& f) {
+    std::lock_guard lock(mutex_);
+    auto it = lower(id);
+    if (it == members_.end() || it->n->id != id) return false;
+    const member saved = *it;
+    f(*it);
+    try {
+      publish();
+    } catch (...) {
+      *it = saved;
+      throw;
+    }
+    return true;
+  }
+
+  // Builds and publishes a snapshot of members_ (caller holds mutex_).
+  void publish() {
+    std::vector<backend_entry> entries;
+    std::vector<node*> nodes;
+    entries.reserve(members_.size());
+    nodes.reserve(members_.size());
+    for (const auto& m : members_) {
+      entries.push_back(backend_entry{m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, m.since, &m.n->cell, m.healthy});
+      nodes.push_back(m.n);
+    }
+    backend_snapshot view(std::move(entries), track_total ? &shared_->total_in_flight : nullptr);
+    auto b = std::make_unique<block>(std::move(view), std::move(nodes), strategy_);
+    for (node* n : b->nodes) n->refs.fetch_add(1, std::memory_order_relaxed);
+    size_.store(members_.size(), std::memory_order_relaxed);
+    cell_.exchange(std::move(b));  // the old block is destroyed after its grace period
+  }
+
+  composed_type strategy_;
+  std::shared_ptr<shared_state> shared_;
+  mutable std::mutex mutex_;  // serialises changes; guards members_
+  std::vector<member> members_;  // sorted by id
+  std::atomic<std::size_t> size_{0};
+  detail::snapshot_cell<block> cell_;
+
+ public:
+  // RAII feedback for one pick. Move-only. Keeps the backend's payload alive
+  // while it lives, even if the backend is removed or the balancer destroyed.
+  // finish() records the outcome and latency (in-flight - 1, latency EWMA,
+  // outlier detection); destroying an unfinished lease only releases its
+  // in-flight count (no failure is recorded). A moved-from lease is empty:
+  // only destruction and assignment are allowed.
+  class lease {
+   public:
+    lease(lease&& o) noexcept : n_(std::exchange(o.n_, nullptr)), done_(o.done_) {}
+    lease& operator=(lease&& o) noexcept {
+      if (this != &o) {
+        reset();
+        n_ = std::exchange(o.n_, nullptr);
+        done_ = o.done_;
+      }
+      return *this;
+    }
+    lease(const lease&) = delete;
+    lease& operator=(const lease&) = delete;
+    ~lease() { reset(); }
+
+    [[nodiscard]] backend_id id() const noexcept { return n_->id; }
+    [[nodiscard]] Payload& payload() const noexcept { return n_->payload; }
+    [[nodiscard]] bool finished() const noexcept { return done_; }
+
+    // Records the result; a second call does nothing. Lock-free; reads the
+    // balancer's clock once. Memory ordering: the in-flight decrement is a
+    // release, so a strategy that reads the lower count (acquire or relaxed
+    // load followed by a pick) never sees the finished job as running longer
+    // than it did; the other feedback cells are relaxed statistics.
+    void finish(outcome o, std::chrono::nanoseconds latency) noexcept {
+      if (n_ == nullptr || done_) return;
+      done_ = true;
+      shared_state& sh = *n_->shared;
+      const std::int64_t now = sh.now_ns();
+      n_->cell.record_latency(latency.count(), now, sh.decay_ns);
+      sh.detector->record(n_->cell, o, now);
+      end_in_flight();
+    }
+
+   private:
+    friend class balancer;
+    explicit lease(node* n) noexcept : n_(n) {}
+    void end_in_flight() noexcept {
+      n_->cell.in_flight.fetch_sub(1, std::memory_order_release);
+      if constexpr (track_total) n_->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    }
+    void reset() noexcept {
+      if (n_ == nullptr) return;
+      if (!done_) end_in_flight();
+      release(std::exchange(n_, nullptr));
+    }
+    node* n_ = nullptr;
+    bool done_ = false;
+  };
+};
+
+}  // namespace levee

@@ -1,0 +1,210 @@
+// levee/balance/strategy.hpp - the strategy concept and the pick context.
+//
+// A strategy turns (snapshot, context) into the index of an eligible backend.
+// It knows nothing of jobs. Work that depends only on the member list (hash
+// rings, Maglev tables, alias tables, smooth-WRR sequences) happens in
+// build(), once per published snapshot, never in pick().
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+#include <type_traits>
+
+#include "../detail/hash.hpp"
+#include "../detail/rng.hpp"
+#include "backend_set.hpp"
+
+namespace levee {
+
+// The RNG a pick uses: seedable, platform-stable (see detail/rng.hpp).
+using rng = detail::xoshiro256;
+
+class pick_context;
+
+// A decorator's extra eligibility rule, pushed on the context for the
+// duration of its inner pick. `self` is the decorator's own data.
+struct pick_filter {
+  bool (*admit)(const void* self, const backend_snapshot& s, std::size_t i, pick_context& ctx) = nullptr;
+  const void* self = nullptr;
+};
+
+// Per-pick input. Cheap to build on the stack; never allocates.
+class pick_context {
+ public:
+  static constexpr std::size_t max_filters = 8;
+
+  explicit pick_context(rng& r) noexcept : rng_(&r) {}
+
+  std::optional<std::uint64_t> key;      // affinity key for hashing strategies
+  std::span<const backend_id> tried;     // backends this job already used: never picked again
+  std::optional<std::uint32_t> tier;     // set by failover: only this tier is eligible
+  bool ignore_health = false;            // set by health in panic: route over every backend
+
+  [[nodiscard]] rng& random() noexcept { return *rng_; }
+
+  // Time for time-dependent pieces (ns since the clock's epoch). Read from the
+  // clock on first use and cached for the rest of the pick.
+  [[nodiscard]] std::int64_t now() noexcept {
+    if (!has_now_) {
+      now_ = now_fn_ != nullptr ? now_fn_(clock_) : 0;
+      has_now_ = true;
+    }
+    return now_;
+  }
+  void set_now(std::int64_t ns) noexcept {
+    now_ = ns;
+    has_now_ = true;
+  }
+  void set_clock(std::int64_t (*fn)(const void*), const void* clock) noexcept {
+    now_fn_ = fn;
+    clock_ = clock;
+    has_now_ = false;
+  }
+
+  // True if backend i may be picked now: marked healthy (unless in panic), in
+  // the requested tier, below its max_in_flight, not already tried, and
+  // admitted by every active decorator filter.
+  [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
+    const backend_entry& e = s[i];
+    if (!ignore_health && !e.healthy) return false;
+    if (tier && e.tier != *tier) return false;
+    if (e.at_capacity()) return false;
+    for (backend_id t : tried)
+      if (t == e.id) return false;
+    for (std::size_t k = 0; k < nfilters_; ++k)
+      if (!filters_[k].admit(filters_[k].self, s, i, *this)) return false;
+    return true;
+  }
+
+  // RAII: pushes a filter, pops it on destruction. Depth is checked at
+  // compile time through strategy_traits::filter_depth.
+  class filter_scope {
+   public:
+    filter_scope(pick_context& c, pick_filter f) noexcept : c_(c) { c_.filters_[c_.nfilters_++] = f; }
+    filter_scope(const filter_scope&) = delete;
+    filter_scope& operator=(const filter_scope&) = delete;
+    ~filter_scope() { --c_.nfilters_; }
+
+   private:
+    pick_context& c_;
+  };
+
+ private:
+  rng* rng_;
+  std::int64_t (*now_fn_)(const void*) = nullptr;
+  const void* clock_ = nullptr;
+  std::int64_t now_ = 0;
+  bool has_now_ = false;
+  std::array<pick_filter, max_filters> filters_{};
+  std::size_t nfilters_ = 0;
+};
+
+// The strategy concept. pick() is called concurrently from many threads on
+// one instance (mutable state must be atomic); build() runs on the thread
+// that changes the set, while picks on older snapshots may still run.
+// pick() returns nullopt only when no eligible backend exists.
+template <class S>
+concept strategy = std::move_constructible<S> &&
+    requires(S& s, const S& cs, const backend_snapshot& snap, const typename S::table_type& t, pick_context& ctx) {
+      typename S::table_type;
+      { cs.build(snap) } -> std::same_as<typename S::table_type>;
+      { s.pick(snap, t, ctx) } -> std::same_as<std::optional<std::size_t>>;
+    };
+
+// What a strategy may declare (all optional):
+//   static constexpr bool needs_total_load   - wants backend_snapshot::total_in_flight() in O(1)
+//   static constexpr std::size_t filter_depth - filters it pushes, including inner strategies
+//   std::chrono::nanoseconds latency_decay() const - decay of the latency EWMA it reads
+template <class S>
+struct strategy_traits {
+  static constexpr bool needs_total_load = [] {
+    if constexpr (requires { S::needs_total_load; }) return static_cast<bool>(S::needs_total_load);
+    else return false;
+  }();
+  static constexpr std::size_t filter_depth = [] {
+    if constexpr (requires { S::filter_depth; }) return static_cast<std::size_t>(S::filter_depth);
+    else return std::size_t{0};
+  }();
+  static_assert(filter_depth <= pick_context::max_filters, "levee: too many nested decorators for pick_context::max_filters");
+};
+
+struct no_table {};
+
+namespace detail {
+
+// A seed that differs per call and per process (for random starts). Uses
+// std::random_device once per process, then a counter through SplitMix64.
+inline std::uint64_t fresh_seed() {
+  static std::atomic<std::uint64_t> state{[] {
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^
+           static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }()};
+  std::uint64_t s = state.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed);
+  return splitmix64_next(s);
+}
+
+// Per-thread generator for callers that do not bring one.
+inline rng& thread_rng() {
+  thread_local rng r{fresh_seed()};
+  return r;
+}
+
+// (a_load + 1) / a_w < (b_load + 1) / b_w, exactly (128-bit cross products).
+[[nodiscard]] inline int compare_load(std::int64_t a_load, std::uint32_t a_w, std::int64_t b_load, std::uint32_t b_w) noexcept {
+  const auto a1 = static_cast<std::uint64_t>(a_load < 0 ? 0 : a_load) + 1;
+  const auto b1 = static_cast<std::uint64_t>(b_load < 0 ? 0 : b_load) + 1;
+  const std::uint64_t l_hi = mul_high64(a1, b_w), l_lo = a1 * b_w;
+  const std::uint64_t r_hi = mul_high64(b1, a_w), r_lo = b1 * a_w;
+  if (l_hi != r_hi) return l_hi < r_hi ? -1 : 1;
+  if (l_lo != r_lo) return l_lo < r_lo ? -1 : 1;
+  return 0;
+}
+
+// O(n) fallback: weighted random choice among eligible backends (one pass,
+// weighted reservoir sampling).
+[[nodiscard]] inline std::optional<std::size_t> scan_weighted_random(const backend_snapshot& s, pick_context& ctx) {
+  std::optional<std::size_t> best;
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (!ctx.eligible(s, i)) continue;
+    total += s[i].weight;
+    if (ctx.random().below(total) < s[i].weight) best = i;
+  }
+  return best;
+}
+
+// O(n): the eligible backend with the least (in_flight + 1) / weight, ties
+// broken uniformly (reservoir sampling over the tied set).
+[[nodiscard]] inline std::optional<std::size_t> scan_least_loaded(const backend_snapshot& s, pick_context& ctx) {
+  std::optional<std::size_t> best;
+  std::int64_t best_load = 0;
+  std::uint64_t ties = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const std::int64_t l = s[i].load->load();
+    if (best) {
+      const int c = compare_load(l, s[i].weight, best_load, s[*best].weight);
+      if (c > 0) continue;
+      if (c == 0) {
+        if (!ctx.eligible(s, i)) continue;
+        if (ctx.random().below(++ties) == 0) best = i;
+        continue;
+      }
+    }
+    if (!ctx.eligible(s, i)) continue;
+    best = i;
+    best_load = l;
+    ties = 1;
+  }
+  return best;
+}
+
+}  // namespace detail
+}  // namespace levee

@@ -1171,23 +1171,23 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   for (std::size_t i = 0; i <= opts_.workers; ++i) {
     const stats_shard& s = shards_[i];
     m.started += s.started.load(std::memory_order_relaxed);
-    m.succeeded += s.succeeded.load(std::memory_order_relaxed);
+    m.succeeded += s.succeeded.load(std::memory_order_acquire);
     m.failed += s.failed.load(std::memory_order_relaxed);
     m.retried += s.retried.load(std::memory_order_relaxed);
     m.retries_denied_by_budget += s.budget_denied.load(std::memory_order_relaxed);
-    m.dead_lettered.failed += s.dl_failed.load(std::memory_order_relaxed);
-    m.dead_lettered.expired += s.dl_expired.load(std::memory_order_relaxed);
-    m.dead_lettered.dropped += s.dl_dropped.load(std::memory_order_relaxed);
-    m.dead_lettered.cancelled += s.dl_cancelled.load(std::memory_order_relaxed);
+    m.dead_lettered.failed += s.dl_failed.load(std::memory_order_acquire);
+    m.dead_lettered.expired += s.dl_expired.load(std::memory_order_acquire);
+    m.dead_lettered.dropped += s.dl_dropped.load(std::memory_order_acquire);
+    m.dead_lettered.cancelled += s.dl_cancelled.load(std::memory_order_acquire);
     m.dead_letter_sink_errors += s.sink_errors.load(std::memory_order_relaxed);
     s.dwell.add_to(dwell);
     s.service.add_to(service);
   }
   m.dwell_time = histogram_snapshot(dwell);
   m.service_time = histogram_snapshot(service);
-  // Read after the final-state counters (and with acquire) so that a
-  // snapshot never shows more jobs finished than accepted.
-  std::atomic_thread_fence(std::memory_order_acquire);
+  // Read after the final-state counters, which were read with acquire (they
+  // are incremented with release after the job's acceptance), so a snapshot
+  // never shows more jobs finished than accepted.
   m.submitted = door_.submitted.load(std::memory_order_relaxed);
   m.accepted = door_.accepted.load(std::memory_order_acquire);
   m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);

@@ -16,6 +16,17 @@
 #include <mutex>
 #include <vector>
 
+#if defined(__SANITIZE_THREAD__)
+#define LEVEE_DETAIL_LEVELER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LEVEE_DETAIL_LEVELER_TSAN 1
+#endif
+#endif
+#ifndef LEVEE_DETAIL_LEVELER_TSAN
+#define LEVEE_DETAIL_LEVELER_TSAN 0
+#endif
+
 namespace levee::detail {
 
 // A "something changed, look again" event with a timed wait on the owner's
@@ -30,6 +41,9 @@ namespace levee::detail {
 // notify() issues a seq_cst fence before reading the waiter count. By the
 // fence-fence rule either the notifier sees the waiter (and wakes it) or the
 // waiter's re-check sees everything the notifier did before notify().
+// ThreadSanitizer does not model fences, so under TSan the notifier reads the
+// count with an acq_rel RMW instead (equally correct: RMWs on the count are
+// totally ordered, and whichever comes second synchronises with the first).
 template <clock Clock>
 class leveler_event {
  public:
@@ -41,7 +55,9 @@ class leveler_event {
 
   [[nodiscard]] std::uint64_t prepare() noexcept {
     waiters_.fetch_add(1, std::memory_order_seq_cst);
+#if !LEVEE_DETAIL_LEVELER_TSAN
     std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
     return generation_.load(std::memory_order_seq_cst);
   }
 
@@ -68,15 +84,13 @@ class leveler_event {
   }
 
   void notify() {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (!anyone_waiting()) return;
     notify_always();
   }
 
   // Wakes at least one waiter (all of them with a waitable clock).
   void notify_one() {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (!anyone_waiting()) return;
     if constexpr (waitable_clock<Clock>) {
       notify_always();
     } else {
@@ -102,6 +116,15 @@ class leveler_event {
   }
 
  private:
+  [[nodiscard]] bool anyone_waiting() noexcept {
+#if LEVEE_DETAIL_LEVELER_TSAN
+    return waiters_.fetch_add(0, std::memory_order_acq_rel) != 0;
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return waiters_.load(std::memory_order_relaxed) != 0;
+#endif
+  }
+
   [[no_unique_address]] Clock clock_;
   std::atomic<std::uint64_t> waiters_{0};
   std::atomic<std::uint64_t> generation_{0};

@@ -56,9 +56,10 @@ inline std::size_t check_choices(std::size_t d, const char* fn) {
 
 // Power of d choices (default d = 2): draws d distinct eligible backends with
 // probability proportional to weight and picks the one with the least
-// (in_flight + 1) / weight; ties go to the first drawn (uniform). With two
-// backends and d = 2 the less loaded one is always chosen (sampling without
-// replacement, unlike Envoy #20420). O(d) expected per pick.
+// in_flight / weight (NGINX "random two least_conn"); ties go to the first
+// drawn. So idle backends share in proportion to weight, busy ones by relative
+// load. With two backends and d = 2 the less loaded one is always chosen
+// (sampling without replacement, unlike Envoy #20420). O(d) expected per pick.
 class power_of_two {
  public:
   using table_type = detail::alias_table;
@@ -77,7 +78,7 @@ class power_of_two {
     std::int64_t best_load = s[best].load->load();
     for (std::size_t j = 1; j < k; ++j) {
       const std::int64_t l = s[c[j]].load->load();
-      if (detail::compare_load(l, s[c[j]].weight, best_load, s[best].weight) < 0) best = c[j], best_load = l;
+      if (detail::compare_load(l, s[c[j]].weight, best_load, s[best].weight, 0) < 0) best = c[j], best_load = l;
     }
     return best;
   }

@@ -157,10 +157,12 @@ inline rng& thread_rng() {
   return r;
 }
 
-// (a_load + 1) / a_w < (b_load + 1) / b_w, exactly (128-bit cross products).
-[[nodiscard]] inline int compare_load(std::int64_t a_load, std::uint32_t a_w, std::int64_t b_load, std::uint32_t b_w) noexcept {
-  const auto a1 = static_cast<std::uint64_t>(a_load < 0 ? 0 : a_load) + 1;
-  const auto b1 = static_cast<std::uint64_t>(b_load < 0 ? 0 : b_load) + 1;
+// Sign of (a_load + plus) / a_w - (b_load + plus) / b_w, exactly (128-bit
+// cross products).
+[[nodiscard]] inline int compare_load(std::int64_t a_load, std::uint32_t a_w, std::int64_t b_load, std::uint32_t b_w,
+                                      std::uint64_t plus = 1) noexcept {
+  const auto a1 = static_cast<std::uint64_t>(a_load < 0 ? 0 : a_load) + plus;
+  const auto b1 = static_cast<std::uint64_t>(b_load < 0 ? 0 : b_load) + plus;
   const std::uint64_t l_hi = mul_high64(a1, b_w), l_lo = a1 * b_w;
   const std::uint64_t r_hi = mul_high64(b1, a_w), r_lo = b1 * a_w;
   if (l_hi != r_hi) return l_hi < r_hi ? -1 : 1;

@@ -74,13 +74,13 @@ class weighted_round_robin {
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     const std::size_t period = t.sequence.size();
     if (period == 0 || s.empty()) return std::nullopt;
+    // An ineligible entry is consumed like any other, so the eligible
+    // backends keep their relative shares (as when NGINX skips a peer).
     // Memory ordering: relaxed; the counter only spreads picks.
-    std::size_t pos = static_cast<std::size_t>(next_.fetch_add(1, std::memory_order_relaxed) % period);
-    const std::size_t probes = std::min<std::size_t>(period, 4 * s.size() + 8);
+    const std::size_t probes = std::min<std::size_t>(period, 2 * s.size() + 8);
     for (std::size_t k = 0; k < probes; ++k) {
-      const std::size_t i = t.sequence[pos];
+      const std::size_t i = t.sequence[static_cast<std::size_t>(next_.fetch_add(1, std::memory_order_relaxed) % period)];
       if (ctx.eligible(s, i)) return i;
-      if (++pos == period) pos = 0;
     }
     return detail::scan_weighted_random(s, ctx);
   }

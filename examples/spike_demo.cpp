@@ -894,10 +894,10 @@ int main(int argc, char** argv) {
     if (n == "least_loaded") return run_demo<levee::least_loaded>(*cfg, n);
     if (n == "power_of_two") return run_demo<levee::power_of_two>(*cfg, n);
     if (n == "peak_ewma") return run_demo<levee::peak_ewma>(*cfg, n);
-    // TEMP-HASH if (n == "ring_hash") return run_demo<levee::ring_hash>(*cfg, n);
-    // TEMP-HASH if (n == "maglev") return run_demo<levee::maglev>(*cfg, n);
-    // TEMP-HASH if (n == "rendezvous") return run_demo<levee::rendezvous>(*cfg, n);
-    // TEMP-HASH if (n == "jump_hash") return run_demo<levee::jump_hash>(*cfg, n);
+    if (n == "ring_hash") return run_demo<levee::ring_hash>(*cfg, n);
+    if (n == "maglev") return run_demo<levee::maglev>(*cfg, n);
+    if (n == "rendezvous") return run_demo<levee::rendezvous>(*cfg, n);
+    if (n == "jump_hash") return run_demo<levee::jump_hash>(*cfg, n);
   } catch (const std::exception& e) {
     std::cerr << "spike_demo: " << e.what() << "\n";
     return 1;

@@ -12,7 +12,10 @@ namespace levee {
 // Tries tier 0 (backend_options::tier), then tier 1, and so on: a backup tier
 // receives nothing while any backend of a lower tier is eligible, and
 // everything when none is. With a single tier it costs one branch. Inside each
-// tier S chooses as usual (health decorators nested inside apply per tier).
+// tier S chooses as usual; a health decorator nested inside declines a tier
+// with no healthy backend. If every tier declines, a second pass runs with
+// pick_context::last_resort set, where health may panic even over a tier with
+// no healthy backend (lowest tier first).
 template <strategy S>
 class failover {
  public:
@@ -45,12 +48,17 @@ class failover {
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (t.tiers.size() <= 1 || ctx.tier) return inner_.pick(s, t.inner, ctx);
     std::optional<std::size_t> r;
-    for (std::uint32_t tier : t.tiers) {
-      ctx.tier = tier;
-      r = inner_.pick(s, t.inner, ctx);
-      if (r) break;
+    const bool saved = ctx.last_resort;
+    for (int pass = 0; pass < 2 && !r; ++pass) {
+      ctx.last_resort = pass == 1;
+      for (std::uint32_t tier : t.tiers) {
+        ctx.tier = tier;
+        r = inner_.pick(s, t.inner, ctx);
+        if (r) break;
+      }
     }
     ctx.tier.reset();
+    ctx.last_resort = saved;
     return r;
   }
 

@@ -22,9 +22,11 @@ namespace levee {
 // `consecutive_failures` failures in a row a backend is ejected for
 // base_ejection x (number of its ejections so far), capped at max_ejection;
 // at most max(1, floor(max_ejected_share x N)) backends are ejected at once.
-// Panic: when the healthy share of the candidates (per failover tier) drops
-// below panic_threshold, health marks and ejections are ignored and picks go
-// over every backend of the tier rather than overload the few healthy ones.
+// Panic: when the healthy share of a tier drops below panic_threshold (but is
+// not zero), health marks and ejections are ignored and picks go over every
+// backend of that tier rather than overload the few healthy ones. A tier with
+// no healthy backend is skipped in favour of the next tier (failover); only if
+// no tier has a healthy backend does the lowest tier panic.
 // Slow start: a backend added, marked healthy again or back from ejection
 // ramps its effective weight over slow_start_window (see slow_start.hpp).
 struct health_options {
@@ -174,7 +176,8 @@ class outlier_detector {
 // Decorator: skips ejected backends and applies the panic threshold, then
 // lets S choose. Without ejections and with every backend marked healthy it
 // costs two loads. Feed outcomes with record() (levee::balancer does this
-// from lease::finish).
+// from lease::finish). Under failover<health<S>>, panic is judged per tier
+// (see health_options); used alone, over the whole set.
 template <strategy S>
 class health {
  public:
@@ -226,12 +229,23 @@ class health {
       det.sweep(s, now);
       ejected = det.ejected();
     }
-    if (det.options().panic_threshold > 0 && in_panic(s, t, ctx, now)) {
-      const bool saved = ctx.ignore_health;
-      ctx.ignore_health = true;
-      auto r = inner_.pick(s, t.inner, ctx);
-      ctx.ignore_health = saved;
-      return r;
+    const bool can_panic = det.options().panic_threshold > 0;
+    switch (scope_state(s, t, ctx, now)) {
+      case state::none_healthy:
+        // Let an outer failover try the next tier first.
+        if (ctx.tier && !ctx.last_resort) return std::nullopt;
+        if (!can_panic) return std::nullopt;
+        [[fallthrough]];
+      case state::panic: {
+        if (!can_panic) break;
+        const bool saved = ctx.ignore_health;
+        ctx.ignore_health = true;
+        auto r = inner_.pick(s, t.inner, ctx);
+        ctx.ignore_health = saved;
+        return r;
+      }
+      case state::normal:
+        break;
     }
     if (ejected == 0) return inner_.pick(s, t.inner, ctx);
     filter_data data{&det, now};
@@ -249,9 +263,11 @@ class health {
     return d->det->admit(*s[i].load, d->now);
   }
 
-  // Healthy share of the candidates (the tier being tried, or all) below the
-  // threshold? Cached per tier until the next ejection change.
-  bool in_panic(const backend_snapshot& s, const table_type& t, const pick_context& ctx, std::int64_t now) const {
+  enum class state : std::uint64_t { normal = 0, panic = 1, none_healthy = 2 };
+
+  // Health of the candidates (the tier being tried, or all): cached per tier
+  // until the next ejection change (the table itself changes with the set).
+  state scope_state(const backend_snapshot& s, const table_type& t, const pick_context& ctx, std::int64_t now) const {
     std::size_t slot = 0;
     if (ctx.tier) {
       auto it = std::lower_bound(t.tiers.begin(), t.tiers.end(), *ctx.tier);
@@ -259,16 +275,18 @@ class health {
     }
     const std::uint64_t epoch = det_->epoch();
     const std::uint64_t cached = t.panic_cache[slot].load(std::memory_order_acquire);
-    if ((cached >> 1) == epoch + 1) return (cached & 1) != 0;
+    if ((cached >> 2) == epoch + 1) return static_cast<state>(cached & 3);
     std::size_t total = 0, healthy = 0;
     for (const auto& e : s) {
       if (ctx.tier && e.tier != *ctx.tier) continue;
       ++total;
       if (e.healthy && !e.load->ejected_at(now)) ++healthy;
     }
-    const bool panic = total > 0 && static_cast<double>(healthy) < det_->options().panic_threshold * static_cast<double>(total);
-    t.panic_cache[slot].store(((epoch + 1) << 1) | (panic ? 1u : 0u), std::memory_order_release);
-    return panic;
+    state st = state::normal;
+    if (total > 0 && healthy == 0) st = state::none_healthy;
+    else if (static_cast<double>(healthy) < det_->options().panic_threshold * static_cast<double>(total)) st = state::panic;
+    t.panic_cache[slot].store(((epoch + 1) << 2) | static_cast<std::uint64_t>(st), std::memory_order_release);
+    return st;
   }
 
   S inner_;

@@ -12,8 +12,10 @@ namespace levee {
 // Cycles through the backends in id order, ignoring weights. Each instance
 // starts at a random position (seeded), so many balancers built on the same
 // list do not all hit the first backend together (grpc-java #4462).
-// Ineligible backends are skipped. Pick: one relaxed fetch_add, O(1) when the
-// next backend is eligible, O(n) worst case.
+// An ineligible backend's turn is consumed (another fetch_add), so eligible
+// backends keep equal shares instead of the next one inheriting the turn;
+// after 8 such turns a linear scan finishes the pick. Pick: one relaxed
+// fetch_add when the backend is eligible; O(n) worst case.
 class round_robin {
  public:
   using table_type = no_table;
@@ -29,10 +31,15 @@ class round_robin {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
     // Memory ordering: relaxed; the counter only spreads picks, it publishes nothing.
-    std::size_t i = static_cast<std::size_t>(next_.fetch_add(1, std::memory_order_relaxed) % n);
-    for (std::size_t k = 0; k < n; ++k) {
+    std::size_t i = 0;
+    const std::size_t turns = n < 8 ? n : 8;
+    for (std::size_t k = 0; k < turns; ++k) {
+      i = static_cast<std::size_t>(next_.fetch_add(1, std::memory_order_relaxed) % n);
       if (ctx.eligible(s, i)) return i;
+    }
+    for (std::size_t k = 1; k < n; ++k) {
       if (++i == n) i = 0;
+      if (ctx.eligible(s, i)) return i;
     }
     return std::nullopt;
   }

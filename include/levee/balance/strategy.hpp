@@ -46,6 +46,7 @@ class pick_context {
   std::span<const backend_id> tried;     // backends this job already used: never picked again
   std::optional<std::uint32_t> tier;     // set by failover: only this tier is eligible
   bool ignore_health = false;            // set by health in panic: route over every backend
+  bool last_resort = false;              // set by failover on its final pass over the tiers
 
   [[nodiscard]] rng& random() noexcept { return *rng_; }
 

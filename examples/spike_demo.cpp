@@ -457,7 +457,7 @@ struct chart_text {
 void write_svg(const std::string& path, const config& c, const plan& p, const chart_data& d, const chart_text& text) {
   const double W = 1000, H = 560;
   const double L = 84, R = W - 92, T = 112, B = H - 78;  // plot area
-  const axis xa = nice_axis(d.duration, 8);
+  const axis xa{d.duration, nice_axis(d.duration, 8).step};  // the axis ends where the data ends
   double rate_max = c.rate;
   for (double v : d.arrival_rate.value) rate_max = std::max(rate_max, v);
   for (double v : d.dispatch_rate.value) rate_max = std::max(rate_max, v);
@@ -537,14 +537,14 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
     for (std::size_t i = 0; i < sr.t.size(); ++i) s << (i ? " " : "") << pt(X(sr.t[i]), YR(sr.value[i]));
     s << "\"/>\n";
   };
-  polyline(d.arrival_rate, c_arr, 2.0);
-  polyline(d.dispatch_rate, c_disp, 2.4);
-
-  // The rate limit.
+  // The rate limit, under the rate lines: dispatch riding on it is the point.
   s << "<line x1=\"" << L << "\" x2=\"" << R << "\" y1=\"" << fmt("%.1f", YR(c.rate)) << "\" y2=\""
     << fmt("%.1f", YR(c.rate)) << "\" stroke=\"" << c_limit << "\" stroke-width=\"1.5\" stroke-dasharray=\"7 5\"/>\n";
-  s << "<text x=\"" << (R - 6) << "\" y=\"" << fmt("%.1f", YR(c.rate) - 7) << "\" font-size=\"12\" text-anchor=\"end\" fill=\""
+  s << "<text x=\"" << (L + 6) << "\" y=\"" << fmt("%.1f", YR(c.rate) - 7) << "\" font-size=\"12\" fill=\""
     << c_limit << "\">rate limit " << num(c.rate) << "/s</text>\n";
+
+  polyline(d.arrival_rate, c_arr, 2.0);
+  polyline(d.dispatch_rate, c_disp, 2.4);
 
   // Annotations: the peak backlog and the moment the queue was empty again.
   const double px = X(d.peak_t), py = YD(d.peak_depth);
@@ -557,9 +557,12 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
     const double dx = X(d.drained_t);
     s << "<line x1=\"" << fmt("%.1f", dx) << "\" x2=\"" << fmt("%.1f", dx) << "\" y1=\"" << (T + 24) << "\" y2=\"" << B
       << "\" stroke=\"#3c4043\" stroke-width=\"1\" stroke-dasharray=\"2 3\"/>\n";
-    s << "<text x=\"" << fmt("%.1f", dx - 6) << "\" y=\"" << (T + 34)
-      << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">queue empty again after "
-      << fmt("%.1f", d.drained_t - p.spike_end) << " s (formula " << fmt("%.1f", p.drain) << " s)</text>\n";
+    const double ly = YR(ya.max * 0.5);
+    s << "<text x=\"" << fmt("%.1f", dx - 6) << "\" y=\"" << fmt("%.1f", ly)
+      << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">queue empty again</text>\n";
+    s << "<text x=\"" << fmt("%.1f", dx - 6) << "\" y=\"" << fmt("%.1f", ly + 15)
+      << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">after " << fmt("%.1f", d.drained_t - p.spike_end)
+      << " s (formula " << fmt("%.1f", p.drain) << " s)</text>\n";
   }
 
   // Legend, above the plot.

@@ -191,7 +191,6 @@ template <class Job>
 struct leveler_backend {
   std::uint64_t id = 0;
   std::unique_ptr<leveler_handler_base<Job>> handler;
-  std::atomic<std::uint64_t> started{0};
   std::atomic<std::uint64_t> succeeded{0};
   std::atomic<std::uint64_t> failed{0};
 };
@@ -286,7 +285,6 @@ class leveler {
         balancer_(std::move(s), opts_.health, c),
         budget_(opts_.retry.budget_ratio, opts_.retry.min_retries_per_second),
         arrivals_(rate_slot, rate_slots),
-        dispatches_(rate_slot, rate_slots),
         work_(c),
         space_(c),
         quiet_(c),
@@ -312,6 +310,7 @@ class leveler {
     for (std::size_t i = 0; i < opts_.workers; ++i) {
       ctxs_.push_back(std::make_unique<worker_ctx>(opts_.seed + 1 + i));
       ctxs_.back()->shard = &shards_[i + 1];
+      shards_[i + 1].exclusive = true;
     }
     try {
       for (std::size_t i = 0; i < opts_.workers; ++i) threads_.emplace_back([this, i] { worker_main(i); });
@@ -354,6 +353,7 @@ class leveler {
     b->id = id;
     balancer_.add_backend(id, b, bo);
     backends_.emplace(id, std::move(b));
+    if (bo.max_in_flight != 0) backend_limits_.store(true, std::memory_order_relaxed);
     work_.notify_always();
     return id;
   }
@@ -376,6 +376,7 @@ class leveler {
     return ok;
   }
   bool set_max_in_flight(backend_id id, std::size_t max_in_flight) {
+    if (max_in_flight != 0) backend_limits_.store(true, std::memory_order_relaxed);
     const bool ok = balancer_.set_max_in_flight(id, max_in_flight);
     work_.notify_always();
     return ok;
@@ -621,10 +622,31 @@ class leveler {
     envelope env;
   };
 
+  // Statistics of one worker (written by that worker only: plain
+  // load/store, no read-modify-write) or, for shard 0, of every other thread
+  // (simulation driver, submitters evicting with drop_oldest, stop()).
   struct alignas(detail::false_sharing_range) stats_shard {
+    bool exclusive = false;
     std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, retried{0}, budget_denied{0};
     std::atomic<std::uint64_t> dl_failed{0}, dl_expired{0}, dl_dropped{0}, dl_cancelled{0}, sink_errors{0};
+    std::atomic<std::size_t> in_flight{0};
     detail::metrics_histogram dwell, service;
+    detail::leveler_window_counter dispatches{rate_slot, rate_slots};
+
+    void inc(std::atomic<std::uint64_t>& a, std::memory_order o = std::memory_order_relaxed) noexcept {
+      if (exclusive) {
+        a.store(a.load(std::memory_order_relaxed) + 1, o);
+      } else {
+        a.fetch_add(1, o);
+      }
+    }
+    void record(detail::metrics_histogram& h, std::uint64_t v) noexcept {
+      if (exclusive) {
+        h.record_exclusive(v);
+      } else {
+        h.record(v);
+      }
+    }
   };
 
   struct worker_ctx {
@@ -716,7 +738,7 @@ class leveler {
     // held by a worker at a gate, or waiting for a retry (conservative: a
     // retry may become due after this job's dispatch).
     const std::uint64_t out = outstanding_.load(std::memory_order_acquire);
-    const std::uint64_t running = in_flight_.load(std::memory_order_acquire);
+    const std::uint64_t running = in_flight_total();
     const std::uint64_t ahead = out > running ? out - running : 0;
     const std::uint64_t k = ahead + 1;
     const std::uint64_t b = std::max<std::uint64_t>(burst_, 1);
@@ -742,7 +764,6 @@ class leveler {
 
   submit_result<Job> submit_impl(Job&& job, const job_options& jo, overflow_policy policy, time_point until) {
     const time_point now = clock_.now();
-    door_.submitted.fetch_add(1, std::memory_order_relaxed);
     arrivals_.add(to_ns(now));
     if (closed_.load(std::memory_order_seq_cst)) return reject(std::move(job), submit_status::closed);
     time_point deadline = time_point::max();
@@ -765,6 +786,7 @@ class leveler {
       finish_one();
       return reject(std::move(env.job), st);
     };
+    int spins = 0;
     for (;;) {
       if (push(env)) {
         work_.notify_one();
@@ -779,6 +801,14 @@ class leveler {
       // block
       if (in_handler()) return refuse(submit_status::full);
       const time_point limit = std::min(until, deadline);
+      // A full queue usually frees a slot within a dequeue or two: yield a
+      // few times before parking (parking per slot would cost a context
+      // switch per job when producers outrun the workers).
+      if (spins < max_submit_spins) {
+        ++spins;
+        std::this_thread::yield();
+        if (limit == time_point::max() || clock_.now() < limit) continue;
+      }
       const auto ticket = space_.prepare();
       if (push(env)) {
         space_.cancel();
@@ -833,16 +863,16 @@ class leveler {
 
   void dead_letter(stats_shard& s, envelope&& env, dead_letter_reason reason) noexcept {
     switch (reason) {
-      case dead_letter_reason::failed: s.dl_failed.fetch_add(1, std::memory_order_release); break;
-      case dead_letter_reason::expired: s.dl_expired.fetch_add(1, std::memory_order_release); break;
-      case dead_letter_reason::dropped: s.dl_dropped.fetch_add(1, std::memory_order_release); break;
-      case dead_letter_reason::cancelled: s.dl_cancelled.fetch_add(1, std::memory_order_release); break;
+      case dead_letter_reason::failed: s.inc(s.dl_failed, std::memory_order_release); break;
+      case dead_letter_reason::expired: s.inc(s.dl_expired, std::memory_order_release); break;
+      case dead_letter_reason::dropped: s.inc(s.dl_dropped, std::memory_order_release); break;
+      case dead_letter_reason::cancelled: s.inc(s.dl_cancelled, std::memory_order_release); break;
     }
     if (opts_.dead_letter) {
       try {
         opts_.dead_letter(std::move(env.job), reason, env.last_error);
       } catch (...) {
-        s.sink_errors.fetch_add(1, std::memory_order_relaxed);
+        s.inc(s.sink_errors);
       }
     }
     finish_one();
@@ -895,6 +925,12 @@ class leveler {
       }
     }
     envelope& env = *c.held;
+    // Workers pass the previous job's end time as `now` to save a clock
+    // read; a job with a deadline gets a fresh one, so that it is never
+    // dispatched after its deadline.
+    if constexpr (!waitable_clock<Clock>) {
+      if (env.deadline != time_point::max() && &c != &sim_ctx_) now = clock_.now();
+    }
     if (env.deadline < now) {
       auto e = std::move(env);
       c.held.reset();
@@ -916,8 +952,7 @@ class leveler {
     if (limiter_ && !limiter_->try_acquire(1, now)) return {progress::wait_rate, limiter_->available_at(1, now)};
     auto job_env = std::move(env);
     c.held.reset();
-    run(c, std::move(job_env), std::move(*lease), std::move(permit), now);
-    return {progress::progressed, now};
+    return {progress::progressed, run(c, std::move(job_env), std::move(*lease), std::move(permit), now)};
   }
 
   // A retry prefers backends the job has not failed on. When none of those
@@ -935,18 +970,18 @@ class leveler {
     return balancer_.try_pick(req);
   }
 
-  void run(worker_ctx& c, envelope env, typename balancer_type::lease lease, std::optional<levee::permit> permit,
-           time_point start) {
+  // Runs one attempt and returns the time it ended.
+  time_point run(worker_ctx& c, envelope env, typename balancer_type::lease lease, std::optional<levee::permit> permit,
+                 time_point start) {
     stats_shard& s = shard_of(c);
     const std::int64_t start_ns = to_ns(start);
     const auto& backend = lease.payload();
-    s.started.fetch_add(1, std::memory_order_relaxed);
-    backend->started.fetch_add(1, std::memory_order_relaxed);
-    s.dwell.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, start_ns - to_ns(env.ready))));
-    dispatches_.add(start_ns);
+    s.inc(s.started);
+    s.record(s.dwell, static_cast<std::uint64_t>(std::max<std::int64_t>(0, start_ns - to_ns(env.ready))));
+    s.dispatches.add(start_ns);
     if (env.attempts == 0 && opts_.retry.max_attempts > 1) budget_.deposit(start_ns);
     ++env.attempts;
-    const std::size_t in_flight_now = in_flight_.fetch_add(1, std::memory_order_relaxed) + 1;
+    s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 
     handler_result result = handler_result::success();
     {
@@ -961,36 +996,41 @@ class leveler {
     }
     const time_point end = clock_.now();
     const auto service = std::max(std::chrono::nanoseconds{0}, std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
-    s.service.record(static_cast<std::uint64_t>(service.count()));
+    s.record(s.service, static_cast<std::uint64_t>(service.count()));
     const backend_id id = lease.id();
     lease.finish(result.ok() ? outcome::success : outcome::failure, service);
     if (permit) permit->release();
-    in_flight_.fetch_sub(1, std::memory_order_relaxed);
 #if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (adaptive_) {
+      const std::size_t in_flight_now = static_cast<std::size_t>(in_flight_total());
       std::lock_guard lock(adaptive_mutex_);
       adaptive_->on_sample(service, in_flight_now, !result.ok());
       concurrency_->set_limit(adaptive_->limit());
     }
-#else
-    (void)in_flight_now;
 #endif
-    if (concurrency_ || backend_limits_possible()) work_.notify();
+    s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    // Somebody may wait for the permit or the backend slot just released.
+    if (concurrency_ || backend_limits_.load(std::memory_order_relaxed)) work_.notify();
 
     if (result.ok()) {
-      s.succeeded.fetch_add(1, std::memory_order_release);
+      s.inc(s.succeeded, std::memory_order_release);
       backend->succeeded.fetch_add(1, std::memory_order_relaxed);
       finish_one();
-      return;
+      return end;
     }
-    s.failed.fetch_add(1, std::memory_order_relaxed);
+    s.inc(s.failed);
     backend->failed.fetch_add(1, std::memory_order_relaxed);
     env.last_error = result.error();
     if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) env.failed_on.push_back(id);
     retry_or_dead_letter(c, s, std::move(env), end);
+    return end;
   }
 
-  static constexpr bool backend_limits_possible() noexcept { return true; }
+  [[nodiscard]] std::uint64_t in_flight_total() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i <= opts_.workers; ++i) n += shards_[i].in_flight.load(std::memory_order_relaxed);
+    return n;
+  }
 
   void retry_or_dead_letter(worker_ctx& c, stats_shard& s, envelope&& env, time_point now) {
     if (stopping_.load(std::memory_order_acquire)) {
@@ -1008,11 +1048,11 @@ class leveler {
       return;
     }
     if (!budget_.try_withdraw(to_ns(now))) {
-      s.budget_denied.fetch_add(1, std::memory_order_relaxed);
+      s.inc(s.budget_denied);
       dead_letter(s, std::move(env), dead_letter_reason::failed);
       return;
     }
-    s.retried.fetch_add(1, std::memory_order_relaxed);
+    s.inc(s.retried);
     env.ready = ready;
     push_retry(std::move(env), to_ns(ready));
     // stop() may have swept the retry heap between our check and the push.
@@ -1035,15 +1075,18 @@ class leveler {
     worker_ctx& c = *ctxs_[index];
     stats_shard& s = shards_[index + 1];
     int idle_spins = 0;
+    time_point now = clock_.now();
     while (!stopping_.load(std::memory_order_acquire)) {
-      auto r = try_progress(c, clock_.now());
+      auto r = try_progress(c, now);
       if (r.kind == progress::progressed) {
         idle_spins = 0;
+        now = r.until;  // the end of the job just run: still "now" for the next decision
         continue;
       }
       if (r.kind == progress::idle && idle_spins < max_idle_spins) {
         ++idle_spins;
         std::this_thread::yield();
+        now = clock_.now();
         continue;
       }
       const auto ticket = work_.prepare();
@@ -1051,17 +1094,19 @@ class leveler {
         work_.cancel();
         break;
       }
-      const time_point now = clock_.now();
+      now = clock_.now();
       r = try_progress(c, now);
       if (r.kind == progress::progressed) {
         work_.cancel();
         idle_spins = 0;
+        now = r.until;
         continue;
       }
       // Backends also become eligible with time (ejection expiry), which
       // nobody notifies: re-check a held job at least every capacity_poll.
       if (r.kind == progress::wait_capacity) r.until = now + std::chrono::duration_cast<duration>(capacity_poll);
       work_.wait_until(ticket, r.until);
+      now = clock_.now();
     }
     if (c.held) {
       dead_letter(s, std::move(*c.held), dead_letter_reason::cancelled);
@@ -1069,6 +1114,7 @@ class leveler {
     }
   }
   static constexpr int max_idle_spins = 16;
+  static constexpr int max_submit_spins = 64;
   static constexpr std::chrono::milliseconds capacity_poll{20};
 
   // -------------------------------------------------------- simulation --
@@ -1125,7 +1171,6 @@ class leveler {
 #endif
   detail::leveler_retry_budget budget_;
   detail::leveler_window_counter arrivals_;
-  detail::leveler_window_counter dispatches_;
 
   mutable std::mutex backends_mutex_;
   std::unordered_map<backend_id, std::shared_ptr<detail::leveler_backend<Job>>> backends_;
@@ -1138,12 +1183,12 @@ class leveler {
   std::atomic<std::int64_t> next_retry_ns_{no_retry};
 
   struct alignas(detail::false_sharing_range) door_counters {
-    std::atomic<std::uint64_t> submitted{0}, accepted{0};
+    std::atomic<std::uint64_t> accepted{0};
     std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0}, rejected_timeout{0};
   } door_;
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> outstanding_{0};
   std::atomic<std::uint64_t> outstanding_peak_{0};
-  alignas(detail::false_sharing_range) std::atomic<std::size_t> in_flight_{0};
+  std::atomic<bool> backend_limits_{false};  // some backend has max_in_flight: completions must wake workers
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
@@ -1188,18 +1233,18 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   // Read after the final-state counters, which were read with acquire (they
   // are incremented with release after the job's acceptance), so a snapshot
   // never shows more jobs finished than accepted.
-  m.submitted = door_.submitted.load(std::memory_order_relaxed);
   m.accepted = door_.accepted.load(std::memory_order_acquire);
   m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);
   m.rejected.closed = door_.rejected_closed.load(std::memory_order_relaxed);
   m.rejected.would_miss_deadline = door_.rejected_deadline.load(std::memory_order_relaxed);
   m.rejected.timeout = door_.rejected_timeout.load(std::memory_order_relaxed);
+  m.submitted = m.accepted + m.rejected.total();
 
 
   m.queue_depth = queue_.size_approx();
   m.queue_capacity = opts_.capacity;
   m.retry_pending = retry_count_.load(std::memory_order_relaxed);
-  m.in_flight = in_flight_.load(std::memory_order_relaxed);
+  m.in_flight = static_cast<std::size_t>(in_flight_total());
   m.outstanding = outstanding_.load(std::memory_order_acquire);
   m.outstanding_peak = outstanding_peak_.load(std::memory_order_relaxed);
   if (limiter_) {
@@ -1224,9 +1269,9 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
       b.ejected = st.ejected;
       b.healthy = st.healthy;
       if (auto it = backends_.find(st.id); it != backends_.end()) {
-        b.started = it->second->started.load(std::memory_order_relaxed);
         b.succeeded = it->second->succeeded.load(std::memory_order_relaxed);
         b.failed = it->second->failed.load(std::memory_order_relaxed);
+        b.started = b.succeeded + b.failed + b.in_flight;
       }
       if (b.ejected) ++m.ejected_backends;
       m.backends.push_back(b);
@@ -1243,7 +1288,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
     return static_cast<double>(s.count) * 1e9 / static_cast<double>(span);
   };
   m.arrival_rate = per_second(arrivals_);
-  m.dispatch_rate = per_second(dispatches_);
+  m.dispatch_rate = 0;
+  for (std::size_t i = 0; i <= opts_.workers; ++i) m.dispatch_rate += per_second(shards_[i].dispatches);
   m.drain_rate = m.rate_limit ? *m.rate_limit : m.dispatch_rate;
   const double backlog = static_cast<double>(m.queue_depth + m.retry_pending);
   if (backlog == 0) {

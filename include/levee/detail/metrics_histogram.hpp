@@ -78,6 +78,19 @@ class metrics_histogram {
     }
   }
 
+  // As record(), for a histogram written by one thread only: plain
+  // load/store instead of read-modify-write (no lock prefix, no contention).
+  void record_exclusive(std::uint64_t v) noexcept {
+    auto bump = [](std::atomic<std::uint64_t>& a, std::uint64_t d) {
+      a.store(a.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+    };
+    bump(buckets_[layout::index_of(v)], 1);
+    bump(count_, 1);
+    bump(sum_, v);
+    if (v > max_.load(std::memory_order_relaxed)) max_.store(v, std::memory_order_relaxed);
+    if (v < min_.load(std::memory_order_relaxed)) min_.store(v, std::memory_order_relaxed);
+  }
+
   void add_to(metrics_histogram_counts& out) const noexcept {
     for (std::size_t i = 0; i < layout::bucket_count; ++i) out.buckets[i] += buckets_[i].load(std::memory_order_relaxed);
     out.count += count_.load(std::memory_order_relaxed);

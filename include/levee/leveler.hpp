@@ -246,7 +246,8 @@ class leveler {
   using clock_type = Clock;
   using duration = typename Clock::duration;
   using time_point = typename Clock::time_point;
-  using balancer_type = levee::balancer<Strategy, Clock, std::shared_ptr<detail::leveler_backend<Job>>>;
+  using balancer_type =
+      levee::balancer<Strategy, detail::leveler_cached_clock<Clock>, std::shared_ptr<detail::leveler_backend<Job>>>;
   using dead_letter_sink = std::function<void(Job&&, dead_letter_reason, std::exception_ptr)>;
 
   // Per-job options: an affinity key for key-based strategies (ring_hash,
@@ -282,7 +283,7 @@ class leveler {
       : opts_(validate(std::move(o))),
         clock_(c),
         queue_(opts_.capacity),
-        balancer_(std::move(s), opts_.health, c),
+        balancer_(std::move(s), opts_.health, detail::leveler_cached_clock<Clock>(c)),
         budget_(opts_.retry.budget_ratio, opts_.retry.min_retries_per_second),
         arrivals_(rate_slot, rate_slots),
         work_(c),
@@ -947,7 +948,11 @@ class leveler {
       if (!p) return {progress::wait_capacity, time_point::max()};
       permit.emplace(std::move(p));
     }
-    auto lease = pick(c, env);
+    std::optional<typename balancer_type::lease> lease;
+    {
+      typename detail::leveler_cached_clock<Clock>::scope at_now(now);
+      lease = pick(c, env);
+    }
     if (!lease) return {progress::wait_capacity, time_point::max()};
     if (limiter_ && !limiter_->try_acquire(1, now)) return {progress::wait_rate, limiter_->available_at(1, now)};
     auto job_env = std::move(env);
@@ -998,7 +1003,10 @@ class leveler {
     const auto service = std::max(std::chrono::nanoseconds{0}, std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
     s.record(s.service, static_cast<std::uint64_t>(service.count()));
     const backend_id id = lease.id();
-    lease.finish(result.ok() ? outcome::success : outcome::failure, service);
+    {
+      typename detail::leveler_cached_clock<Clock>::scope at_end(end);
+      lease.finish(result.ok() ? outcome::success : outcome::failure, service);
+    }
     if (permit) permit->release();
 #if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (adaptive_) {

@@ -132,6 +132,43 @@ class leveler_event {
   std::condition_variable cv_;
 };
 
+// The clock the leveler gives its balancer: the leveler's clock, except that
+// inside a `scope` on the current thread now() returns the time the leveler
+// has just read (a worker reads the clock once per job and the balancer's
+// lease feedback reuses it instead of reading it again).
+template <clock C>
+class leveler_cached_clock {
+ public:
+  using rep = typename C::rep;
+  using period = typename C::period;
+  using duration = typename C::duration;
+  using time_point = typename C::time_point;
+
+  leveler_cached_clock() = default;
+  explicit leveler_cached_clock(C c) : base_(std::move(c)) {}
+
+  [[nodiscard]] time_point now() const {
+    const time_point* t = slot_;
+    return t != nullptr ? *t : base_.now();
+  }
+
+  class scope {
+   public:
+    explicit scope(time_point t) noexcept : value_(t), prev_(slot_) { slot_ = &value_; }
+    ~scope() { slot_ = prev_; }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+
+   private:
+    time_point value_;
+    const time_point* prev_;
+  };
+
+ private:
+  [[no_unique_address]] C base_{};
+  static inline thread_local const time_point* slot_ = nullptr;
+};
+
 // splitmix64: a tiny seedable generator for backoff jitter.
 class leveler_rng {
  public:

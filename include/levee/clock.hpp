@@ -135,8 +135,17 @@ class sleeper {
   sleeper(const sleeper&) = delete;
   sleeper& operator=(const sleeper&) = delete;
 
-  bool sleep_until(typename Clock::time_point tp) {
-    const std::uint64_t seen = generation_.load(std::memory_order_acquire);
+  bool sleep_until(typename Clock::time_point tp) { return sleep_until(tp, ticket()); }
+
+  // The current notification count. Take a ticket BEFORE evaluating whatever
+  // decides the deadline, then call sleep_until(tp, ticket): a notify_all()
+  // that happened after the ticket was taken makes it return false at once
+  // (no lost wake-up between the decision and the sleep).
+  [[nodiscard]] std::uint64_t ticket() const noexcept { return generation_.load(std::memory_order_acquire); }
+
+  // Returns true when the clock reached tp, false if notify_all() was called
+  // after `seen` was taken (see ticket()).
+  bool sleep_until(typename Clock::time_point tp, std::uint64_t seen) {
     if constexpr (waitable_clock<Clock>) {
       return clock_.wait_until(tp, [&] { return generation_.load(std::memory_order_acquire) != seen; });
     } else {

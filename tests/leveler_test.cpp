@@ -563,3 +563,34 @@ TEST_CASE("metrics of a live leveler render as Prometheus text") {
   CHECK(text.find("app_service_seconds_count 50\n") != std::string::npos);
   CHECK(text.find("app_backend_started_total{backend=\"1\"} 50\n") != std::string::npos);
 }
+
+TEST_CASE("keys give affinity with hashing strategies: the same key always lands on the same backend") {
+  auto check = [](auto tag) {
+    using S = decltype(tag);
+    levee::manual_clock clk;
+    typename levee::leveler<int, S, levee::manual_clock>::options o;
+    o.workers = 0;
+    o.capacity = 10'000;
+    levee::leveler<int, S, levee::manual_clock> lev(o, clk);
+    std::map<int, std::set<int>> backends_of_key;  // key -> backends that ran it
+    std::set<int> used;
+    for (int b = 0; b < 5; ++b)
+      lev.add_backend([&, b](int& key) {
+        backends_of_key[key].insert(b);
+        used.insert(b);
+      });
+    for (int round = 0; round < 20; ++round)
+      for (int key = 0; key < 200; ++key) REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
+    lev.drain();
+    REQUIRE(backends_of_key.size() == 200);
+    for (const auto& [key, bs] : backends_of_key) {
+      CAPTURE(key);
+      CHECK(bs.size() == 1);
+    }
+    CHECK(used.size() == 5);  // and the keys spread over every backend
+  };
+  SUBCASE("jump_hash") { check(levee::jump_hash{}); }
+  SUBCASE("ring_hash") { check(levee::ring_hash{}); }
+  SUBCASE("maglev") { check(levee::maglev{}); }
+  SUBCASE("rendezvous") { check(levee::rendezvous{}); }
+}

@@ -535,12 +535,14 @@ TEST_CASE("set_rate / set_burst change the gate at run time; without a gate they
   CHECK_THROWS_AS(plain.set_concurrency_limit(5), std::logic_error);
 }
 
-TEST_CASE("burst 0 means auto: ceil(rate x 1 ms), at least 1") {
+TEST_CASE("burst 0 means auto: ceil(rate x 2 ms), at least 2") {
   auto o = sim_options();
   o.rate = levee::rate::per_second(100'000);
-  CHECK(sim_t(o).metrics().burst == 100);
+  CHECK(sim_t(o).metrics().burst == 200);
   o.rate = levee::rate::per_second(10);
-  CHECK(sim_t(o).metrics().burst == 1);
+  CHECK(sim_t(o).metrics().burst == 2);
+  o.rate = levee::rate::per_second(1000);
+  CHECK(sim_t(o).metrics().burst == 2);
 }
 
 TEST_CASE("metrics of a live leveler render as Prometheus text") {

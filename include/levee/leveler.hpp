@@ -263,7 +263,7 @@ class leveler {
     overflow_policy overflow = overflow_policy::block;  // what submit() does when full
     bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
-    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 1 ms), at least 1
+    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 2 ms), at least 2
     std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
 #if LEVEE_DETAIL_LEVELER_ADAPTIVE
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
@@ -688,9 +688,13 @@ class leveler {
     return o;
   }
 
+  // Enough credit to absorb ~2 ms of wake-up lateness (timer slack is
+  // ~50-100 us, scheduling delays more): a late worker dispatches the missed
+  // tokens as a catch-up batch, so the long-run rate stays exact. With burst
+  // 1 every late wake-up would be lost time.
   static std::uint64_t auto_burst(const levee::rate& r) {
-    const double per_ms = r.per_second_value() / 1000.0;
-    return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(per_ms)));
+    const double per_2ms = r.per_second_value() / 500.0;
+    return std::max<std::uint64_t>(2, static_cast<std::uint64_t>(std::ceil(per_2ms)));
   }
 
   void require_simulation(const char* fn) const {

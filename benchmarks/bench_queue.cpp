@@ -8,7 +8,7 @@
 // Every cell is the median of --runs runs (default 5) with min and max, and
 // its ratio to the best competitor (not levee) of the same column.
 // Options: --smoke (tiny counts), --runs N, --filter SUBSTRING (queues whose
-// name contains it, plus levee), --only SECTION (throughput|pingpong|idle|bulk).
+// name contains it, plus levee), --only SECTION (throughput|try|blocking|pingpong|idle|bulk).
 #include <levee/detail/cache.hpp>
 #include <levee/detail/wait.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -164,11 +164,14 @@ struct aq_b2_adapter {
   void push(const T& v) { q.push(T(v)); }
   void pop(T& v) { v = q.pop(); }
 };
+#endif
 // AtomicQueueB: atomic elements (8-byte items only; 0 is its NIL value, the
-// benchmark never sends 0).
+// benchmark never sends 0). Release builds only: its constructor's debug
+// assert calls std::atomic::is_lock_free, which needs libatomic with clang.
+#if defined(LEVEE_HAVE_ATOMIC_QUEUE) && defined(NDEBUG)
+#define LEVEE_BENCH_AQ_B 1
 struct aq_b_adapter {
   static constexpr const char* name = "atomic_queue B (atomic elements)";
-  static constexpr const char* blocking_kind = "push/pop (spin)";
   atomic_queue::AtomicQueueB<std::uint64_t> q{static_cast<unsigned>(capacity)};
   bool try_push(std::uint64_t v) { return q.try_push(v); }
   bool try_pop(std::uint64_t& v) { return q.try_pop(v); }
@@ -183,7 +186,7 @@ struct aq_b_adapter {
 template <class T>
 struct moody_adapter {
   static constexpr const char* name = "moodycamel::ConcurrentQueue";
-  static constexpr const char* blocking_kind = "BlockingConcurrentQueue wait_dequeue; enqueue: try loop";
+  static constexpr const char* blocking_kind = "wait_dequeue (spin, then semaphore); no blocking enqueue: try_ loop";
   moodycamel::BlockingConcurrentQueue<T> q{capacity};
   bool try_push(const T& v) { return q.try_enqueue(v); }
   bool try_pop(T& v) { return q.try_dequeue(v); }
@@ -196,7 +199,6 @@ struct moody_adapter {
 template <class T>
 struct moody_plain_adapter {
   static constexpr const char* name = "moodycamel::ConcurrentQueue";
-  static constexpr const char* blocking_kind = "try loop";
   moodycamel::ConcurrentQueue<T> q{capacity};
   bool try_push(const T& v) { return q.try_enqueue(v); }
   bool try_pop(T& v) { return q.try_dequeue(v); }
@@ -213,7 +215,7 @@ struct moody_plain_adapter {
 template <class T>
 struct boost_adapter {
   static constexpr const char* name = "boost::lockfree::queue";
-  static constexpr const char* blocking_kind = "try loop";
+  static constexpr const char* blocking_kind = "no blocking ops: try_ loop with pause/yield";
   boost::lockfree::queue<T, boost::lockfree::fixed_sized<true>> q{capacity};
   bool try_push(const T& v) { return q.bounded_push(v); }
   bool try_pop(T& v) { return q.pop(v); }
@@ -244,7 +246,7 @@ struct tbb_adapter {
 template <class T>
 struct xenium_adapter {
   static constexpr const char* name = "xenium::vyukov_bounded_queue";
-  static constexpr const char* blocking_kind = "try loop";
+  static constexpr const char* blocking_kind = "no blocking ops: try_ loop with pause/yield";
   xenium::vyukov_bounded_queue<T> q{capacity};
   bool try_push(const T& v) { return q.try_push(T(v)); }
   bool try_pop(T& v) { return q.try_pop(v); }
@@ -413,11 +415,13 @@ struct entry {
 };
 
 template <class T>
-std::vector<entry<T>> throughput_entries(bool blocking) {
+std::vector<entry<T>> throughput_entries([[maybe_unused]] bool blocking) {
   std::vector<entry<T>> e;
   e.push_back({levee_adapter<T>::name, &throughput_once<levee_adapter<T>, T>});
 #if defined(LEVEE_HAVE_ATOMIC_QUEUE)
+#if defined(LEVEE_BENCH_AQ_B)
   if constexpr (std::is_same_v<T, std::uint64_t>) e.push_back({aq_b_adapter::name, &throughput_once<aq_b_adapter, T>});
+#endif
   e.push_back({aq_b2_adapter<T>::name, &throughput_once<aq_b2_adapter<T>, T>});
 #endif
 #if defined(LEVEE_HAVE_CONCURRENTQUEUE)
@@ -564,7 +568,9 @@ void pingpong_table() {
   std::vector<pp> e;
   e.push_back({levee_adapter<std::uint64_t>::name, &pingpong_once<levee_adapter<std::uint64_t>>});
 #if defined(LEVEE_HAVE_ATOMIC_QUEUE)
+#if defined(LEVEE_BENCH_AQ_B)
   e.push_back({aq_b_adapter::name, &pingpong_once<aq_b_adapter>});
+#endif
   e.push_back({aq_b2_adapter<std::uint64_t>::name, &pingpong_once<aq_b2_adapter<std::uint64_t>>});
 #endif
 #if defined(LEVEE_HAVE_CONCURRENTQUEUE)
@@ -644,17 +650,16 @@ void idle_table() {
   e.push_back({aq_b2_adapter<U>::name, aq_b2_adapter<U>::blocking_kind, &idle_cpu_once<aq_b2_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_CONCURRENTQUEUE)
-  e.push_back({"moodycamel::BlockingConcurrentQueue", "wait_dequeue (spin, then semaphore)",
-               &idle_cpu_once<moody_adapter<U>>});
+  e.push_back({"moodycamel::BlockingConcurrentQueue", moody_adapter<U>::blocking_kind, &idle_cpu_once<moody_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_BOOST_LOCKFREE)
-  e.push_back({boost_adapter<U>::name, "no blocking pop: try_ loop with yield", &idle_cpu_once<boost_adapter<U>>});
+  e.push_back({boost_adapter<U>::name, boost_adapter<U>::blocking_kind, &idle_cpu_once<boost_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_TBB)
   e.push_back({tbb_adapter<U>::name, tbb_adapter<U>::blocking_kind, &idle_cpu_once<tbb_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_XENIUM)
-  e.push_back({xenium_adapter<U>::name, "no blocking pop: try_ loop with yield", &idle_cpu_once<xenium_adapter<U>>});
+  e.push_back({xenium_adapter<U>::name, xenium_adapter<U>::blocking_kind, &idle_cpu_once<xenium_adapter<U>>});
 #endif
   e.push_back({mutex_adapter<U>::name, mutex_adapter<U>::blocking_kind, &idle_cpu_once<mutex_adapter<U>>});
   std::erase_if(e, [](const ic& x) { return !selected(x.name); });
@@ -773,10 +778,14 @@ int main(int argc, char** argv) {
       opt.runs = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--filter" && i + 1 < argc) {
       opt.filter = argv[++i];
+    } else if (a == "--tune" && i + 1 < argc) {  // internal: SPINS,YIELDS before levee parks
+      const std::string v = argv[++i];
+      levee::detail::wait_tuning_spins = static_cast<unsigned>(std::stoul(v.substr(0, v.find(','))));
+      levee::detail::wait_tuning_yields = static_cast<unsigned>(std::stoul(v.substr(v.find(',') + 1)));
     } else if (a == "--only" && i + 1 < argc) {
       opt.only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--smoke] [--runs N] [--filter NAME] [--only throughput|pingpong|idle|bulk]\n",
+      std::fprintf(stderr, "usage: %s [--smoke] [--runs N] [--filter NAME] [--only throughput|try|blocking|pingpong|idle|bulk]\n",
                    argv[0]);
       return 2;
     }
@@ -785,9 +794,11 @@ int main(int argc, char** argv) {
   std::printf("## levee::mpmc_queue benchmark\n\n");
   describe_machine();
   const auto t0 = clk::now();
-  if (section("throughput")) {
+  if (section("throughput") || section("try")) {
     throughput_table<std::uint64_t>("8-byte", false);
     throughput_table<item64>("64-byte", false);
+  }
+  if (section("throughput") || section("blocking")) {
     throughput_table<std::uint64_t>("8-byte", true);
     throughput_table<item64>("64-byte", true);
   }

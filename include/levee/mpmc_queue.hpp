@@ -104,14 +104,16 @@ class mpmc_queue {
   // The try_ operations never park. They return false when the queue is full
   // (push) / empty (pop) / closed, and may also return false *spuriously*,
   // i.e. although at that instant the queue is neither full nor empty, in
-  // exactly one situation: the slot they need is claimed by a peer that has
-  // not finished (try_push: the oldest element's pop is between claiming it
-  // and moving it out; try_pop: the next element's push is between claiming
-  // its slot and publishing it). They wait for such a peer only for a short
-  // bounded spin. A thread preempted in that window holds up its one slot:
-  // FIFO order means pops cannot pass an unpublished slot (they report empty
-  // until it is published) and pushes cannot pass an unreleased one once the
-  // ring wraps to it; all other slots and threads are unaffected.
+  // exactly one situation: the slot they need is held by a peer that has
+  // claimed it but not finished. try_push: the oldest element's pop has
+  // claimed it but not yet moved it out (try_push does not wait for it).
+  // try_pop: the next element's push has claimed its slot but not yet
+  // published it (try_pop re-checks for a short bounded spin, then gives
+  // up). A thread preempted inside that window holds up its one slot: FIFO
+  // order means pops cannot pass an unpublished slot (they report empty
+  // until it is published, even if later elements are complete) and pushes
+  // cannot pass an unreleased one once the ring wraps to it. No other slot,
+  // and no thread that does not need that slot, is affected; no lock is held.
   //
   // Memory ordering: a successful push happens-before the pop that returns
   // its element; a pop's move-out happens-before the push that later reuses
@@ -159,10 +161,14 @@ class mpmc_queue {
   //
   // Blocking: push waits while the queue is full, pop while it is empty (or
   // while the slot it needs is held by an unfinished peer, see above). A
-  // waiting thread retries with a CPU pause a few dozen times, yields a few
-  // times, then parks on a futex (no CPU while parked). Close: close() wakes
-  // every waiter; push then returns false, pop returns the remaining
-  // elements and false / nullopt once the queue is closed and empty.
+  // waiting thread polls its slot with a CPU pause a few times, retries
+  // after std::this_thread::yield() up to 128 times (on an idle machine that
+  // is microseconds; under oversubscription it hands the CPU to the peer it
+  // waits for), then parks on a futex and uses no CPU. When no thread is
+  // parked, the wake-up check in every push/pop is one relaxed load.
+  // Close: close() wakes every waiter; push then returns false, pop returns
+  // the remaining elements and false / nullopt once the queue is closed and
+  // empty.
   // Memory ordering: as for the try_ operations; in addition a pop that
   // reports "closed" happens-after the close() call.
 
@@ -486,9 +492,11 @@ class mpmc_queue {
           return attempt::ok;
         }
       } else if (stamp + consts_.one_lap == tail + 1) {
-        // The slot still holds the element pushed one lap ago.
-        const std::uint64_t head = cons_.head.load(std::memory_order_seq_cst);
-        return head + consts_.one_lap == tail ? attempt::would_block : attempt::busy;
+        // The slot still holds the element pushed one lap ago: the queue is
+        // full, or that element's pop is in flight. We do not read head to
+        // tell the two apart: that would pull the consumers' line into every
+        // failing push (both cases fail; see "spurious failure" above).
+        return attempt::would_block;
       } else {
         // Our tail is stale: another producer claimed it already.
         tail = prod_.tail.load(std::memory_order_relaxed);
@@ -587,13 +595,20 @@ class mpmc_queue {
     if (r == attempt::ok) return queue_status::ok;
     if (r == attempt::closed) return queue_status::closed;
     if (deadline != nullptr && Clock::now() >= *deadline) return fail;
-    for (unsigned i = 0; i < spin_limit; ++i) {
+    // Spin phase: poll only the slot we need (a line we must touch anyway),
+    // not the other side's index, and attempt when it looks ready.
+    for (unsigned i = 0; i < consts_.tuning.spins; ++i) {
       detail::cpu_relax();
+      if (!ready()) continue;
       r = op();
       if (r == attempt::ok) return queue_status::ok;
       if (r == attempt::closed) return queue_status::closed;
     }
-    for (unsigned i = 0; i < yield_limit; ++i) {
+    // Yield phase, bounded by a count rather than by time: on an idle machine
+    // a yield returns at once (the phase is over in microseconds); under
+    // oversubscription each yield lets the peer we wait for run, which is
+    // far cheaper than parking and being woken by a system call.
+    for (unsigned i = 0; i < consts_.tuning.yields; ++i) {
       std::this_thread::yield();
       r = op();
       if (r == attempt::ok) return queue_status::ok;
@@ -620,8 +635,9 @@ class mpmc_queue {
       ev.cancel_wait();
       if (r == attempt::closed) return queue_status::closed;
       // Pass the baton: a notify_one may have been spent on us while the
-      // slot we needed was still busy; if more work is ready and others are
-      // parked, wake one of them so that no ready element is stranded.
+      // slot we needed was still busy (its element behind an unpublished
+      // one); if more elements are ready and others are parked, wake one of
+      // them so that no ready element is stranded.
       if (woken && ev.waiters() != 0 && ready()) ev.notify_one(consts_.asymmetric);
       return queue_status::ok;
     }
@@ -637,8 +653,6 @@ class mpmc_queue {
   }
 
   static constexpr unsigned busy_spin_limit = 64;
-  static constexpr unsigned spin_limit = 64;
-  static constexpr unsigned yield_limit = 4;
 
   struct alignas(detail::false_sharing_range) constants {
     constants(std::uint64_t cap, const Allocator& a)
@@ -646,12 +660,14 @@ class mpmc_queue {
           mark_bit(std::bit_ceil(cap + 1)),
           one_lap(2 * mark_bit),
           asymmetric(!detail::force_symmetric_fence.load() && detail::asymmetric_fence_available()),
+          tuning(detail::current_wait_tuning()),
           alloc(a) {}
     slot* slots = nullptr;
     std::uint64_t capacity;
     std::uint64_t mark_bit;  // also one past the largest index
     std::uint64_t one_lap;
     bool asymmetric;  // event counts use the membarrier-based fence
+    detail::wait_tuning tuning;
     [[no_unique_address]] slot_alloc alloc;
   };
   // Written by producers (CAS on tail); the consumers' event count lives here

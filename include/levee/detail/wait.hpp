@@ -170,6 +170,20 @@ inline bool register_asymmetric_fence() noexcept { return false; }
 // that both code paths are exercised.
 inline std::atomic<bool> force_symmetric_fence{false};
 
+// How a blocking operation waits before it parks: `spins` retries with a CPU
+// pause, then `yields` retries after std::this_thread::yield().
+// Defaults measured with bench_queue on a 2-core KVM guest (docs/bench-queue.md).
+struct wait_tuning {
+  unsigned spins = 16;
+  unsigned yields = 128;
+};
+// Test/benchmark hooks: tuning used by queues constructed afterwards.
+inline std::atomic<unsigned> wait_tuning_spins{wait_tuning{}.spins};
+inline std::atomic<unsigned> wait_tuning_yields{wait_tuning{}.yields};
+[[nodiscard]] inline wait_tuning current_wait_tuning() noexcept {
+  return {wait_tuning_spins.load(), wait_tuning_yields.load()};
+}
+
 // The cheap side: orders this thread's memory accesses against a concurrent
 // heavy_fence() in another thread. Only a compiler barrier.
 inline void light_fence() noexcept { std::atomic_signal_fence(std::memory_order_seq_cst); }

@@ -362,3 +362,35 @@ TEST_CASE("balancer: 8 threads pick while the set changes 10,000 times") {
   for (const auto& s : b.stats()) CHECK(s.in_flight == 0);
   MESSAGE("picks: " << picks.load() << ", empty picks: " << empty.load() << ", sanitized build: " << sanitized);
 }
+
+TEST_CASE("balancer: batches apply all-or-nothing as one snapshot") {
+  using bal_t = levee::balancer<levee::round_robin, std::chrono::steady_clock, std::shared_ptr<int>>;
+  bal_t b(levee::round_robin(1));
+  auto p = std::make_shared<int>(1);
+  std::weak_ptr<int> watch = p;
+  bal_t::batch ok;
+  ok.add(1, p).add(2, std::make_shared<int>(2), {.weight = 3}).add(3).set_weight(1, 5).set_healthy(3, false).remove(2);
+  p.reset();
+  b.apply(std::move(ok));
+  auto st = b.stats();
+  REQUIRE(st.size() == 2);
+  CHECK(st[0].id == 1);
+  CHECK(st[0].weight == 5);
+  CHECK_FALSE(st[1].healthy);
+  bal_t::batch bad;
+  bad.add(4).remove(99);
+  CHECK_THROWS_AS(b.apply(std::move(bad)), std::invalid_argument);
+  bal_t::batch dup;
+  dup.add(1);
+  CHECK_THROWS_AS(b.apply(std::move(dup)), std::invalid_argument);
+  bal_t::batch zero;
+  zero.add(7, {}, {.weight = 0});
+  CHECK_THROWS_AS(b.apply(std::move(zero)), std::invalid_argument);
+  CHECK(b.size() == 2);
+  CHECK_FALSE(watch.expired());
+  bal_t::batch rm;
+  rm.remove(1);
+  b.apply(std::move(rm));
+  CHECK(watch.expired());
+  CHECK(b.try_pick({})->id() != 1);
+}

@@ -145,6 +145,98 @@ class balancer {
     });
   }
 
+  // Several changes published as one snapshot (one table rebuild), applied
+  // all-or-nothing: if any change is invalid (duplicate id, weight 0, unknown
+  // id for a removal or update), apply() throws std::invalid_argument and
+  // the set is unchanged. Changes apply in the order they were recorded.
+  class batch {
+   public:
+    batch& add(backend_id id, Payload p = {}, backend_options o = {}) {
+      ops_.push_back(op{kind::add, id, std::optional<Payload>(std::move(p)), o, false});
+      return *this;
+    }
+    batch& remove(backend_id id) {
+      ops_.push_back(op{kind::remove, id, std::nullopt, {}, false});
+      return *this;
+    }
+    batch& set_weight(backend_id id, std::uint32_t w) {
+      ops_.push_back(op{kind::weight, id, std::nullopt, backend_options{w, 0, 0}, false});
+      return *this;
+    }
+    batch& set_healthy(backend_id id, bool healthy) {
+      ops_.push_back(op{kind::healthy, id, std::nullopt, {}, healthy});
+      return *this;
+    }
+    [[nodiscard]] std::size_t size() const noexcept { return ops_.size(); }
+
+   private:
+    friend class balancer;
+    enum class kind { add, remove, weight, healthy };
+    struct op {
+      kind k;
+      backend_id id;
+      std::optional<Payload> payload;
+      backend_options o;
+      bool healthy;
+    };
+    std::vector<op> ops_;
+  };
+
+  // Applies a batch (see batch). Blocking and ordering as add_backend.
+  void apply(batch b) {
+    std::lock_guard lock(mutex_);
+    std::vector<member> next = members_;
+    std::vector<node*> created, dropped;
+    auto fail = [&](const std::string& what) {
+      for (node* n : created) release(n);
+      throw std::invalid_argument("levee::balancer::apply: " + what);
+    };
+    auto find = [&](backend_id id) {
+      return std::lower_bound(next.begin(), next.end(), id, [](const member& m, backend_id v) { return m.n->id < v; });
+    };
+    const std::int64_t now = shared_->now_ns();
+    for (auto& o : b.ops_) {
+      auto it = find(o.id);
+      const bool present = it != next.end() && it->n->id == o.id;
+      switch (o.k) {
+        case batch::kind::add:
+          if (present) fail("duplicate backend id " + std::to_string(o.id));
+          if (o.o.weight == 0) fail("weight 0 for backend " + std::to_string(o.id));
+          created.push_back(new node(o.id, std::move(*o.payload), shared_));
+          next.insert(it, member{created.back(), o.o, true, now});
+          break;
+        case batch::kind::remove:
+          if (!present) fail("unknown backend id " + std::to_string(o.id));
+          dropped.push_back(it->n);
+          next.erase(it);
+          break;
+        case batch::kind::weight:
+          if (!present) fail("unknown backend id " + std::to_string(o.id));
+          if (o.o.weight == 0) fail("weight 0 for backend " + std::to_string(o.id));
+          it->o.weight = o.o.weight;
+          break;
+        case batch::kind::healthy:
+          if (!present) fail("unknown backend id " + std::to_string(o.id));
+          if (o.healthy && !it->healthy) it->since = now;
+          it->healthy = o.healthy;
+          break;
+      }
+    }
+    // A node both added and removed in this batch is in `created` and `dropped`.
+    std::swap(members_, next);
+    try {
+      publish();
+    } catch (...) {
+      std::swap(members_, next);
+      for (node* n : created) release(n);
+      throw;
+    }
+    for (node* n : dropped) {
+      shared_->detector->forget(n->cell);
+      release(n);
+    }
+  }
+
   // Picks a backend and starts a lease on it (in-flight + 1). nullopt when
   // no backend is eligible: the set is empty, every backend is excluded,
   // unhealthy or ejected (outside panic), or at max_in_flight.

@@ -17,6 +17,7 @@
 #include <span>
 #include <type_traits>
 
+#include "../detail/cache.hpp"
 #include "../detail/hash.hpp"
 #include "../detail/rng.hpp"
 #include "backend_set.hpp"
@@ -30,9 +31,11 @@ class pick_context;
 
 // A decorator's extra eligibility rule, pushed on the context for the
 // duration of its inner pick. `self` is the decorator's own data.
+// (Deliberately without default member initialisers: pick_context keeps an
+// array of these and should not pay for zeroing it on every pick.)
 struct pick_filter {
-  bool (*admit)(const void* self, const backend_snapshot& s, std::size_t i, pick_context& ctx) = nullptr;
-  const void* self = nullptr;
+  bool (*admit)(const void* self, const backend_snapshot& s, std::size_t i, pick_context& ctx);
+  const void* self;
 };
 
 // Per-pick input. Cheap to build on the stack; never allocates.
@@ -74,11 +77,11 @@ class pick_context {
   // admitted by every active decorator filter.
   [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
     const backend_entry& e = s[i];
-    if (!ignore_health && !e.healthy) return false;
-    if (tier && e.tier != *tier) return false;
-    if (e.at_capacity()) return false;
-    for (backend_id t : tried)
-      if (t == e.id) return false;
+    if ((!e.healthy && !ignore_health) || (tier && e.tier != *tier) || e.at_capacity()) return false;
+    if (!tried.empty()) [[unlikely]] {
+      for (backend_id t : tried)
+        if (t == e.id) return false;
+    }
     for (std::size_t k = 0; k < nfilters_; ++k)
       if (!filters_[k].admit(filters_[k].self, s, i, *this)) return false;
     return true;
@@ -88,7 +91,7 @@ class pick_context {
   // compile time through strategy_traits::filter_depth.
   class filter_scope {
    public:
-    filter_scope(pick_context& c, pick_filter f) noexcept : c_(c) { c_.filters_[c_.nfilters_++] = f; }
+    filter_scope(pick_context& c, pick_filter f) noexcept : c_(c) { c_.filters_[c_.nfilters_++] = f; }  // depth: see strategy_traits
     filter_scope(const filter_scope&) = delete;
     filter_scope& operator=(const filter_scope&) = delete;
     ~filter_scope() { --c_.nfilters_; }
@@ -103,7 +106,7 @@ class pick_context {
   const void* clock_ = nullptr;
   std::int64_t now_ = 0;
   bool has_now_ = false;
-  std::array<pick_filter, max_filters> filters_{};
+  std::array<pick_filter, max_filters> filters_;  // [0, nfilters_) are set
   std::size_t nfilters_ = 0;
 };
 
@@ -157,6 +160,50 @@ inline rng& thread_rng() {
   thread_local rng r{fresh_seed()};
   return r;
 }
+
+// The calling thread's stripe in [0, stripes): threads are numbered in order
+// of first use, so up to `stripes` threads never share one.
+inline constexpr std::size_t cursor_stripes = 16;
+[[nodiscard]] inline std::size_t thread_stripe() noexcept {
+  static std::atomic<std::size_t> next{0};
+  thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed) % cursor_stripes;
+  return mine;
+}
+
+// Per-thread-stripe positions for round-robin style strategies: each thread
+// walks its own cursor with a relaxed load and store (no read-modify-write,
+// no shared cache line), as Envoy's worker-local round robin does. Threads
+// that share a stripe may occasionally take the same turn; that is harmless.
+class striped_cursor {
+ public:
+  explicit striped_cursor(std::uint64_t seed) noexcept {
+    for (std::size_t i = 0; i < cursor_stripes; ++i) slots_[i].pos.store(hash64(i, seed), std::memory_order_relaxed);
+  }
+  striped_cursor(const striped_cursor& o) noexcept {
+    for (std::size_t i = 0; i < cursor_stripes; ++i)
+      slots_[i].pos.store(o.slots_[i].pos.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+  striped_cursor& operator=(const striped_cursor&) = delete;
+
+  // Returns this thread's next position in [0, n) and advances it (n > 0).
+  [[nodiscard]] std::size_t next(std::size_t n) noexcept {
+    auto& p = slots_[thread_stripe()].pos;
+    std::uint64_t cur = p.load(std::memory_order_relaxed);
+    if (cur >= n) cur %= n;  // first use, or the set shrank
+    p.store(cur + 1 == n ? 0 : cur + 1, std::memory_order_relaxed);
+    return static_cast<std::size_t>(cur);
+  }
+  // Sets every stripe to `pos` (deterministic sequences in tests).
+  void reset(std::uint64_t pos) noexcept {
+    for (auto& s : slots_) s.pos.store(pos, std::memory_order_relaxed);
+  }
+
+ private:
+  struct alignas(cache_line_size) slot {
+    std::atomic<std::uint64_t> pos{0};
+  };
+  std::array<slot, cursor_stripes> slots_;
+};
 
 // Sign of (a_load + plus) / a_w - (b_load + plus) / b_w, exactly (128-bit
 // cross products).

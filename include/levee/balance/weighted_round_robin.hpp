@@ -15,8 +15,9 @@ namespace levee {
 // backend gains its weight, the largest current value wins and pays back the
 // total. {5,1,1} gives a a b a c a a, never a burst. The whole period (total
 // weight after dividing by the gcd, scaled down to at most 65536 picks if
-// larger) is computed in build(), so pick() is one relaxed fetch_add and one
-// table read: O(1) when the backend is eligible. Ineligible backends are
+// larger) is computed in build(), so pick() is a per-thread cursor step
+// (detail::striped_cursor) and one table read: O(1) when the backend is
+// eligible. Each thread walks the sequence on its own. Ineligible backends are
 // skipped by moving on along the sequence. Build: O(period x n).
 // Each instance starts at a random point of the period unless built with
 // from_start() (NGINX's behaviour, used by the golden-sequence tests).
@@ -29,14 +30,12 @@ class weighted_round_robin {
   };
 
   weighted_round_robin() : weighted_round_robin(detail::fresh_seed()) {}
-  explicit weighted_round_robin(std::uint64_t seed) noexcept : next_(detail::hash64(seed, 0x77727272)) {}
+  explicit weighted_round_robin(std::uint64_t seed) noexcept : cursor_(detail::hash64(seed, 0x77727272)) {}
   [[nodiscard]] static weighted_round_robin from_start() noexcept {
     weighted_round_robin w(0);
-    w.next_.store(0, std::memory_order_relaxed);
+    w.cursor_.reset(0);
     return w;
   }
-  weighted_round_robin(weighted_round_robin&& o) noexcept : next_(o.next_.load(std::memory_order_relaxed)) {}
-  weighted_round_robin(const weighted_round_robin& o) noexcept : next_(o.next_.load(std::memory_order_relaxed)) {}
 
   [[nodiscard]] table_type build(const backend_snapshot& s) const {
     table_type t;
@@ -76,17 +75,16 @@ class weighted_round_robin {
     if (period == 0 || s.empty()) return std::nullopt;
     // An ineligible entry is consumed like any other, so the eligible
     // backends keep their relative shares (as when NGINX skips a peer).
-    // Memory ordering: relaxed; the counter only spreads picks.
     const std::size_t probes = std::min<std::size_t>(period, 2 * s.size() + 8);
     for (std::size_t k = 0; k < probes; ++k) {
-      const std::size_t i = t.sequence[static_cast<std::size_t>(next_.fetch_add(1, std::memory_order_relaxed) % period)];
+      const std::size_t i = t.sequence[cursor_.next(period)];
       if (ctx.eligible(s, i)) return i;
     }
     return detail::scan_weighted_random(s, ctx);
   }
 
  private:
-  std::atomic<std::uint64_t> next_;
+  detail::striped_cursor cursor_;
 };
 
 static_assert(strategy<weighted_round_robin>, "weighted_round_robin must satisfy levee::strategy");

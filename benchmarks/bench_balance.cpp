@@ -1,0 +1,344 @@
+// bench_balance - cost and quality of levee's balancing strategies.
+//
+// Tables (Markdown):
+//  1. ns per pick for every strategy at N = 8, 64, 1024 backends with 1 and 2
+//     threads: the bare strategy pick on a snapshot, and a full
+//     levee::balancer cycle (try_pick + lease release, health/failover/slow
+//     start decorators included), next to the baseline written here: a
+//     mutex-protected vector with a linear least-loaded scan (pick = lock,
+//     scan, ++load, unlock; release = lock, --load, unlock).
+//  2. snapshot rebuild time (build()) for ring_hash and maglev (and the other
+//     table-building strategies) at N = 1000.
+//  3. quality per strategy: balance (max/avg of held load after 100 x N picks)
+//     and disruption (fraction of 10^5 keys that change backend when 1 of 100
+//     backends is removed; ideal 0.01).
+// Every time cell is the median of --runs runs (default 5) with [min-max],
+// and "x b" = baseline median / this median (higher = faster than baseline).
+// Options: --smoke (tiny counts, a few seconds), --runs N.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <levee/balance.hpp>
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+bool smoke = false;
+int runs = 5;
+
+struct summary {
+  double median = 0, min = 0, max = 0;
+};
+summary summarize(std::vector<double> v) {
+  summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  return s;
+}
+
+std::uint32_t weight_of(std::size_t i) { return 1 + static_cast<std::uint32_t>(i % 4); }
+
+std::size_t picks_for(std::size_t n, bool linear) {
+  std::size_t p = linear ? std::max<std::size_t>(4000, 4'000'000 / n) : 400'000;
+  return smoke ? std::max<std::size_t>(200, p / 200) : p;
+}
+
+// Runs body(thread_index) on `threads` threads started together; returns wall ns.
+double parallel_ns(int threads, const std::function<void(int)>& body) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      body(t);
+    });
+  while (ready.load() != threads) {
+  }
+  const auto start = clk::now();
+  go.store(true, std::memory_order_release);
+  for (auto& t : ts) t.join();
+  return std::chrono::duration<double, std::nano>(clk::now() - start).count();
+}
+
+// ---- the baseline --------------------------------------------------------
+class mutex_least_loaded {
+ public:
+  explicit mutex_least_loaded(std::size_t n) : load_(n, 0) {}
+  std::size_t pick() {
+    std::lock_guard lock(m_);
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < load_.size(); ++i)
+      if (load_[i] < load_[best]) best = i;
+    ++load_[best];
+    return best;
+  }
+  void release(std::size_t i) {
+    std::lock_guard lock(m_);
+    --load_[i];
+  }
+
+ private:
+  std::mutex m_;
+  std::vector<std::int64_t> load_;
+};
+
+double time_baseline(std::size_t n, int threads) {
+  mutex_least_loaded b(n);
+  const std::size_t picks = picks_for(n, true);
+  const double ns = parallel_ns(threads, [&](int) {
+    for (std::size_t k = 0; k < picks; ++k) b.release(b.pick());
+  });
+  return ns / double(picks);
+}
+
+// ---- strategies ----------------------------------------------------------
+struct setup {
+  levee::backend_set set;
+  levee::backend_snapshot snap;
+  explicit setup(std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) set.add(i, {.weight = weight_of(i)});
+    snap = set.snapshot();
+  }
+};
+
+template <class S>
+double time_strategy(const S& proto, std::size_t n, int threads, bool linear) {
+  setup st(n);
+  S s = proto;
+  const auto table = s.build(st.snap);
+  const std::size_t picks = picks_for(n, linear);
+  std::atomic<std::uint64_t> sink{0};
+  const double ns = parallel_ns(threads, [&](int t) {
+    levee::rng r(static_cast<std::uint64_t>(t) * 7 + 1);
+    std::uint64_t acc = 0;
+    for (std::size_t k = 0; k < picks; ++k) {
+      levee::pick_context ctx(r);
+      ctx.key = r();
+      acc += *s.pick(st.snap, table, ctx);
+    }
+    sink.fetch_add(acc);
+  });
+  if (sink.load() == 42) std::puts("");
+  return ns / double(picks);
+}
+
+template <class S>
+double time_balancer(const S& proto, std::size_t n, int threads, bool linear) {
+  levee::balancer<S> b{S(proto)};
+  typename levee::balancer<S>::batch all;
+  for (std::size_t i = 0; i < n; ++i) all.add(i, {}, {.weight = weight_of(i)});
+  b.apply(std::move(all));
+  const std::size_t picks = picks_for(n, linear);
+  std::atomic<std::uint64_t> sink{0};
+  const double ns = parallel_ns(threads, [&](int t) {
+    levee::rng r(static_cast<std::uint64_t>(t) * 13 + 5);
+    std::uint64_t acc = 0;
+    for (std::size_t k = 0; k < picks; ++k) {
+      auto l = b.try_pick({.key = r(), .exclude = {}, .random = &r});
+      acc += l->id();
+    }
+    sink.fetch_add(acc);
+  });
+  if (sink.load() == 42) std::puts("");
+  return ns / double(picks);
+}
+
+template <class S>
+double time_build(const S& proto, std::size_t n) {
+  setup st(n);
+  const int reps = smoke ? 1 : 5;
+  const auto start = clk::now();
+  std::size_t sink = 0;
+  for (int i = 0; i < reps; ++i) {
+    auto t = proto.build(st.snap);
+    sink += sizeof(t);
+  }
+  const double ns = std::chrono::duration<double, std::nano>(clk::now() - start).count() / reps;
+  return sink == 0 ? 0 : ns;
+}
+
+// Balance: hold 100 x N picks (in_flight + 1 each, random keys); max/avg of
+// load per unit of weight. Disruption: keys whose backend changes when one of
+// 100 equal backends is removed.
+template <class S>
+std::pair<double, double> quality(const S& proto, bool keyed) {
+  const std::size_t n = 100;
+  double balance = 0;
+  {
+    levee::backend_set set;
+    for (std::size_t i = 0; i < n; ++i) set.add(i);
+    const auto snap = set.snapshot();
+    S s = proto;
+    const auto t = s.build(snap);
+    levee::rng r(3);
+    const std::size_t balls = smoke ? 10 * n : 100 * n;
+    for (std::size_t k = 0; k < balls; ++k) {
+      levee::pick_context ctx(r);
+      ctx.key = r();
+      snap[*s.pick(snap, t, ctx)].load->in_flight.fetch_add(1);
+    }
+    std::int64_t m = 0;
+    for (const auto& e : snap) m = std::max(m, e.load->load());
+    balance = double(m) / (double(balls) / double(n));
+  }
+  if (!keyed) return {balance, -1};
+  const std::size_t keys = smoke ? 10000 : 100000;
+  auto assign = [&](levee::backend_set& set) {
+    const auto snap = set.snapshot();
+    S s = proto;
+    const auto t = s.build(snap);
+    levee::rng r(5);
+    std::vector<levee::backend_id> out(keys);
+    for (std::size_t k = 0; k < keys; ++k) {
+      levee::pick_context ctx(r);
+      ctx.key = k;
+      out[k] = snap[*s.pick(snap, t, ctx)].id;
+    }
+    return out;
+  };
+  levee::backend_set set;
+  // Appending/removing the highest id keeps jump_hash's bucket numbering.
+  for (std::size_t i = 0; i < n; ++i) set.add(i);
+  const auto before = assign(set);
+  set.remove(n - 1);
+  const auto after = assign(set);
+  std::size_t moved = 0;
+  for (std::size_t k = 0; k < keys; ++k) moved += before[k] != after[k];
+  return {balance, double(moved) / double(keys)};
+}
+
+struct row {
+  std::string name;
+  bool exempt;  // O(n) by design (least_loaded, rendezvous)
+  bool keyed;
+  std::map<std::string, std::vector<double>> cells;
+  std::vector<double> build_ns;
+  std::pair<double, double> q{0, -1};
+  std::function<void(row&)> measure;
+  std::function<void(row&)> measure_build;
+};
+
+template <class S>
+row make_row(const char* name, S proto, bool exempt, bool keyed, bool builds_table) {
+  row r;
+  r.name = name;
+  r.exempt = exempt;
+  r.keyed = keyed;
+  r.measure = [proto, exempt](row& self) {
+    for (std::size_t n : {8u, 64u, 1024u})
+      for (int th : {1, 2}) {
+        const std::string k = std::to_string(n) + "/" + std::to_string(th);
+        self.cells["s" + k].push_back(time_strategy(proto, n, th, exempt));
+        self.cells["b" + k].push_back(time_balancer(proto, n, th, exempt));
+      }
+  };
+  if (builds_table) r.measure_build = [proto](row& self) { self.build_ns.push_back(time_build(proto, 1000)); };
+  r.q = quality(proto, keyed);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--smoke") == 0) smoke = true;
+    else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
+  }
+  if (smoke) runs = std::min(runs, 2);
+
+  std::vector<row> rows;
+  rows.push_back(make_row("round_robin", levee::round_robin(1), false, false, false));
+  rows.push_back(make_row("weighted_round_robin", levee::weighted_round_robin(1), false, false, true));
+  rows.push_back(make_row("random", levee::random{}, false, false, false));
+  rows.push_back(make_row("weighted_random", levee::weighted_random{}, false, false, true));
+  rows.push_back(make_row("least_loaded", levee::least_loaded{}, true, false, false));
+  rows.push_back(make_row("power_of_two", levee::power_of_two{}, false, false, true));
+  rows.push_back(make_row("peak_ewma", levee::peak_ewma{}, false, false, true));
+  rows.push_back(make_row("ring_hash", levee::ring_hash{}, false, true, true));
+  rows.push_back(make_row("maglev", levee::maglev{}, false, true, true));
+  rows.push_back(make_row("rendezvous", levee::rendezvous{}, true, true, false));
+  rows.push_back(make_row("jump_hash", levee::jump_hash{}, false, true, false));
+  rows.push_back(make_row("bounded_load<ring_hash>", levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), false, true, true));
+
+  std::map<std::string, std::vector<double>> base;
+  for (int run = 0; run < runs; ++run) {
+    for (std::size_t n : {8u, 64u, 1024u})
+      for (int th : {1, 2}) base[std::to_string(n) + "/" + std::to_string(th)].push_back(time_baseline(n, th));
+    for (auto& r : rows) {
+      r.measure(r);
+      if (r.measure_build) r.measure_build(r);
+    }
+  }
+
+  const unsigned hw = std::thread::hardware_concurrency();
+  std::printf("## bench_balance\n\n%d runs per cell%s; %u hardware threads. Cells: median [min-max] ns per pick "
+              "(per thread); x b = baseline median / cell median.\n",
+              runs, smoke ? " (--smoke: tiny counts, numbers not meaningful)" : "", hw);
+
+  for (int th : {1, 2}) {
+    std::printf("\n### ns per pick, %d thread%s\n\n", th, th == 1 ? "" : "s");
+    std::printf("| strategy | N=8 pick | N=8 balancer | N=64 pick | N=64 balancer | N=1024 pick | N=1024 balancer |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    std::printf("| *baseline: mutex + linear least-loaded* |");
+    for (std::size_t n : {8u, 64u, 1024u}) {
+      const auto s = summarize(base[std::to_string(n) + "/" + std::to_string(th)]);
+      std::printf(" %.1f [%.1f-%.1f] | – |", s.median, s.min, s.max);
+    }
+    std::printf("\n");
+    for (auto& r : rows) {
+      std::printf("| %s |", r.name.c_str());
+      for (std::size_t n : {8u, 64u, 1024u}) {
+        const std::string k = std::to_string(n) + "/" + std::to_string(th);
+        const double b = summarize(base[k]).median;
+        for (const char* lvl : {"s", "b"}) {
+          const auto s = summarize(r.cells[lvl + k]);
+          std::printf(" %.1f [%.1f-%.1f] x%.1f |", s.median, s.min, s.max, b / s.median);
+        }
+      }
+      std::printf("\n");
+    }
+  }
+
+  std::printf("\n### The bar: O(1) strategies at N = 64, 1 thread, >= 5x faster than the baseline\n\n");
+  std::printf("| strategy | pick x baseline | balancer cycle x baseline | pick N=1024 / N=8 | verdict (pick) |\n|---|---|---|---|---|\n");
+  for (auto& r : rows) {
+    const double b = summarize(base["64/1"]).median;
+    const double p = summarize(r.cells["s64/1"]).median, c = summarize(r.cells["b64/1"]).median;
+    const double growth = summarize(r.cells["s1024/1"]).median / summarize(r.cells["s8/1"]).median;
+    std::printf("| %s | x%.1f | x%.1f | %.2f | %s |\n", r.name.c_str(), b / p, b / c, growth,
+                r.exempt ? "exempt (O(n) by design)" : (b / p >= 5 ? "meets" : "MISSES"));
+  }
+
+  std::printf("\n### Snapshot rebuild (build()) at N = 1000\n\n| strategy | ms |\n|---|---|\n");
+  for (auto& r : rows)
+    if (!r.build_ns.empty()) {
+      const auto s = summarize(r.build_ns);
+      std::printf("| %s | %.3f [%.3f-%.3f] |\n", r.name.c_str(), s.median / 1e6, s.min / 1e6, s.max / 1e6);
+    }
+
+  std::printf("\n### Quality (N = 100, equal weights)\n\n| strategy | balance max/avg after 100N held picks | "
+              "keys moved when 1 of 100 is removed (ideal 0.0100) |\n|---|---|---|\n");
+  for (auto& r : rows) {
+    if (r.q.second < 0) std::printf("| %s | %.3f | – (no key affinity) |\n", r.name.c_str(), r.q.first);
+    else std::printf("| %s | %.3f | %.4f |\n", r.name.c_str(), r.q.first, r.q.second);
+  }
+  return 0;
+}

@@ -596,3 +596,37 @@ TEST_CASE("keys give affinity with hashing strategies: the same key always lands
   SUBCASE("maglev") { check(levee::maglev{}); }
   SUBCASE("rendezvous") { check(levee::rendezvous{}); }
 }
+
+TEST_CASE("worker threads on a manual clock wait for the clock: rate tokens and retries follow its time") {
+  levee::manual_clock clk;
+  levee::leveler<int, levee::round_robin, levee::manual_clock>::options o;
+  o.workers = 2;
+  o.rate = levee::rate::per_second(10);  // one per 100 ms
+  o.burst = 1;
+  o.retry.max_attempts = 2;
+  o.retry.base_backoff = 1s;
+  o.retry.max_backoff = 1s;
+  std::atomic<int> ran{0}, failures{0};
+  levee::leveler<int, levee::round_robin, levee::manual_clock> lev(
+      o,
+      [&](int& j) {
+        ++ran;
+        if (j == 0 && failures.fetch_add(1) == 0) throw std::runtime_error("once");
+      },
+      clk);
+  for (int i = 0; i < 5; ++i) REQUIRE(lev.try_submit(i));
+  REQUIRE(eventually([&] { return ran.load() == 1; }));  // the token available at t = 0
+  std::this_thread::sleep_for(20ms);
+  CHECK(ran.load() == 1);  // no more until the clock moves
+  for (int step = 1; step <= 4; ++step) {
+    clk.advance(100ms);
+    REQUIRE(eventually([&] { return ran.load() == 1 + step; }));
+  }
+  // job 0 failed at t = 0 and waits up to 1 s (full jitter) for its retry
+  clk.advance(1s);
+  REQUIRE(eventually([&] { return ran.load() == 6; }));
+  CHECK(lev.drain_for(1ms));
+  const auto m = lev.metrics();
+  CHECK(m.succeeded == 5);
+  CHECK(m.retried == 1);
+}

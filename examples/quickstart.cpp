@@ -1,5 +1,5 @@
-// quickstart: the smallest useful levee program (the README's first example).
-// 100 e-mails go to a provider that accepts 50 calls per second, 4 at a time.
+// quickstart: the smallest useful levee program (the README's first example):
+// 100 e-mails to a provider that accepts 50 calls per second, 4 at a time.
 #include <levee/leveler.hpp>
 
 #include <cstdio>
@@ -12,15 +12,16 @@ int main() {
   opts.workers = 2;                         // threads that make the calls
 
   levee::leveler<std::string> mailer(opts, [](std::string& address) {
-    std::printf("sending to %s\n", address.c_str());  // call the provider here
+    std::printf("sending to %s\n", address.c_str());  // call the provider here; throw = failure
   });
 
-  for (int i = 0; i < 100; ++i)  // returns at once: the queue absorbs the burst
-    (void)mailer.submit("user" + std::to_string(i) + "@example.com");
+  for (int i = 0; i < 100; ++i)  // returns at once: the queue (1024 jobs by default) absorbs the burst
+    if (auto r = mailer.submit("user" + std::to_string(i) + "@example.com"); !r)
+      std::printf("not queued (%s): %s\n", std::string(levee::to_string(r.status)).c_str(), r.job->c_str());
 
-  mailer.drain();  // blocks until every accepted job is done (~2 s at 50/s)
-  const auto m = mailer.metrics();
-  std::printf("sent %llu, failed %llu\n", static_cast<unsigned long long>(m.succeeded),
+  mailer.drain();  // blocks until every accepted job is done: about 2 s at 50/s
+  const levee::metrics_snapshot m = mailer.metrics();
+  std::printf("sent %llu, dead-lettered %llu\n", static_cast<unsigned long long>(m.succeeded),
               static_cast<unsigned long long>(m.dead_lettered.total()));
   return m.succeeded == 100 ? 0 : 1;
 }

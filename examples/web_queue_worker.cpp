@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
     if (r.status == levee::submit_status::accepted)
       return {202, "Location: /reports/" + std::to_string(id)};
     store.erase(id);  // never queued: forget it
-    return {503, "Retry-After: 1 (" + r.job->customer + "'s report was not queued)"};
+    return {503, "Retry-After: 1 (" + std::string(levee::to_string(r.status)) + ": " + r.job->customer + "'s report was not queued)"};
   };
   auto get_report = [&](std::uint64_t id) -> http_reply {
     auto s = store.get(id);
@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
     reply_us.push_back(std::chrono::duration<double, std::micro>(steady::now() - begin).count());
     (reply.code == 202 ? accepted_ids : refused_ids).push_back(next_id - 1);
     if (i < 3 || (reply.code == 503 && refused_ids.size() == 1))
-      std::printf("POST /reports -> %d %s  (%.0f us)\n", reply.code, reply.body.c_str(), reply_us.back());
+      std::printf("request %3zu: POST /reports -> %d %s  (%.0f us)\n", i + 1, reply.code, reply.body.c_str(), reply_us.back());
     // Requests come in bursts of 20, 50 ms apart.
     if (i % 20 == 19) std::this_thread::sleep_for(50ms);
   }

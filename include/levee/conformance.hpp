@@ -23,8 +23,9 @@ namespace levee {
 
 struct conformance_report {
   bool ok = true;
-  // Number of admissions that close at least one over-full window (in time
-  // order); 0 iff ok.
+  // Number of admissions j (in time order, ties in any order) such that the
+  // admissions i..j for some i < j do not fit the envelope of the window
+  // [t_i, t_j]; 0 iff ok.
   std::size_t violations = 0;
   std::size_t admissions = 0;
   // The window with the largest excess (count - allowed); meaningful only if !ok.

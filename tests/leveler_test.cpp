@@ -630,3 +630,27 @@ TEST_CASE("worker threads on a manual clock wait for the clock: rate tokens and 
   CHECK(m.succeeded == 5);
   CHECK(m.retried == 1);
 }
+
+TEST_CASE("adaptive concurrency: failures shrink the limit, healthy traffic leaves it; options are exclusive") {
+  auto run = [](bool fail) {
+    auto o = sim_options();
+    o.adaptive = levee::adaptive_limit<>::options{8, 1, 8};
+    sim_t lev(o, [fail](int&) { return !fail; });
+    CHECK(lev.metrics().concurrency_limit == std::optional<std::size_t>(8));
+    for (int i = 0; i < 400; ++i) REQUIRE(lev.try_submit(i));
+    lev.drain();
+    return *lev.metrics().concurrency_limit;
+  };
+  const auto failing = run(true);
+  CHECK(failing < 8);
+  CHECK(failing >= 1);
+  CHECK(run(false) == 8);
+
+  auto o = sim_options();
+  o.adaptive = levee::adaptive_limit<>::options{};
+  o.max_concurrency = 4;
+  CHECK_THROWS_AS(sim_t{o}, std::invalid_argument);
+  o.max_concurrency = 0;
+  sim_t lev(o);
+  CHECK_THROWS_AS(lev.set_concurrency_limit(3), std::logic_error);  // the adaptive limit owns it
+}

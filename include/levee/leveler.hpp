@@ -23,12 +23,7 @@
 #include <levee/balance.hpp>
 #include <levee/clock.hpp>
 #include <levee/concurrency_limiter.hpp>
-#if __has_include(<levee/adaptive_limit.hpp>)
 #include <levee/adaptive_limit.hpp>
-#define LEVEE_DETAIL_LEVELER_ADAPTIVE 1
-#else
-#define LEVEE_DETAIL_LEVELER_ADAPTIVE 0
-#endif
 #include <levee/detail/leveler_support.hpp>
 #include <levee/metrics.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -265,9 +260,7 @@ class leveler {
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
     std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 2 ms), at least 2
     std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
-#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
-#endif
     std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
     levee::retry_policy retry;
     std::optional<duration> default_deadline;  // relative to submission, for jobs without a deadline
@@ -295,13 +288,10 @@ class leveler {
       burst_ = opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate);
       limiter_.emplace(*opts_.rate, burst_, c);
     }
-#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (opts_.adaptive) {
       adaptive_.emplace(*opts_.adaptive);
       concurrency_.emplace(adaptive_->limit());
-    } else
-#endif
-    if (opts_.max_concurrency != 0) {
+    } else if (opts_.max_concurrency != 0) {
       concurrency_.emplace(opts_.max_concurrency);
     }
     shards_ = std::make_unique<stats_shard[]>(opts_.workers + 1);
@@ -680,11 +670,9 @@ class leveler {
     if (o.default_deadline && *o.default_deadline <= duration::zero())
       throw std::invalid_argument("levee::leveler: options.default_deadline must be > 0, got " +
                                   std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) + " ns");
-#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (o.adaptive && o.max_concurrency != 0)
       throw std::invalid_argument("levee::leveler: set either options.max_concurrency (" + std::to_string(o.max_concurrency) +
                                   ") or options.adaptive, not both");
-#endif
     return o;
   }
 
@@ -1012,14 +1000,13 @@ class leveler {
       lease.finish(result.ok() ? outcome::success : outcome::failure, service);
     }
     if (permit) permit->release();
-#if LEVEE_DETAIL_LEVELER_ADAPTIVE
     if (adaptive_) {
-      const std::size_t in_flight_now = static_cast<std::size_t>(in_flight_total());
-      std::lock_guard lock(adaptive_mutex_);
-      adaptive_->on_sample(service, in_flight_now, !result.ok());
+      // One sample per completed attempt: its latency, the attempts in flight
+      // (itself included) and whether it failed (a failure counts as a drop:
+      // a struggling downstream must make the limit shrink).
+      adaptive_->on_sample(service, static_cast<std::size_t>(in_flight_total()), !result.ok());
       concurrency_->set_limit(adaptive_->limit());
     }
-#endif
     s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     // Somebody may wait for the permit or the backend slot just released.
     if (concurrency_ || backend_limits_.load(std::memory_order_relaxed)) work_.notify();
@@ -1174,13 +1161,8 @@ class leveler {
   std::optional<rate_limiter<Clock>> limiter_;
   std::uint64_t burst_ = 0;
   std::optional<concurrency_limiter> concurrency_;
-#if LEVEE_DETAIL_LEVELER_ADAPTIVE
-  std::optional<adaptive_limit<>> adaptive_;
-  std::mutex adaptive_mutex_;
+  std::optional<adaptive_limit<>> adaptive_;  // thread-safe on its own
   [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
-#else
-  [[nodiscard]] static constexpr bool is_adaptive() noexcept { return false; }
-#endif
   detail::leveler_retry_budget budget_;
   detail::leveler_window_counter arrivals_;
 

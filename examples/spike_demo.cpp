@@ -113,7 +113,7 @@ double parse_number(std::string_view flag, std::string_view text, double min_exc
 // Returns nullopt when --help was given.
 std::optional<config> parse_flags(int argc, char** argv) {
   config c;
-  bool burst_given = false, workers_given = false;
+  bool burst_given = false;
   std::vector<std::string> args(argv + 1, argv + argc);
   // --smoke first, since it changes the defaults the other flags override.
   for (const auto& a : args)
@@ -151,11 +151,10 @@ std::optional<config> parse_flags(int argc, char** argv) {
     } else if (flag == "--spike-seconds") {
       c.spike_seconds = parse_number(flag, need(), 0.0, 60.0);
     } else if (flag == "--burst") {
-      c.burst = static_cast<std::size_t>(parse_number(flag, need(), 0.0, 1e6));
+      c.burst = static_cast<std::size_t>(std::llround(parse_number(flag, need(), 0.5, 1e6)));
       burst_given = true;
     } else if (flag == "--workers") {
-      c.workers = static_cast<std::size_t>(parse_number(flag, need(), 0.0, 64.0));
-      workers_given = true;
+      c.workers = static_cast<std::size_t>(std::llround(parse_number(flag, need(), 0.5, 64.0)));
     } else if (flag == "--strategy") {
       c.strategy = need();
       if (std::find(std::begin(strategy_names), std::end(strategy_names), c.strategy) == std::end(strategy_names))
@@ -167,7 +166,6 @@ std::optional<config> parse_flags(int argc, char** argv) {
       throw usage_error("unknown flag '" + args[i] + "'");
     }
   }
-  (void)workers_given;
   if (!burst_given) c.burst = std::max<std::size_t>(1, static_cast<std::size_t>(c.rate / 100.0));
   if (c.base >= c.rate) {
     std::ostringstream os;
@@ -176,6 +174,14 @@ std::optional<config> parse_flags(int argc, char** argv) {
     throw usage_error(os.str());
   }
   if (c.spike * c.rate > 2e5) throw usage_error("--spike x --rate above 200000 jobs/s is beyond this demo's producer");
+  const double backlog = std::max(0.0, (c.spike * c.rate - c.rate) * c.spike_seconds - static_cast<double>(c.burst));
+  const double runtime = c.lead_seconds + c.spike_seconds + backlog / (c.rate - c.base) + c.tail_seconds;
+  if (runtime > 600.0) {
+    std::ostringstream os;
+    os << "this scenario would run for " << std::lround(runtime) << " s (the backlog drains at rate - base = "
+       << (c.rate - c.base) << " jobs/s); keep it under 600 s";
+    throw usage_error(os.str());
+  }
   return c;
 }
 

@@ -332,8 +332,12 @@ class leveler {
 
   // ------------------------------------------------------------ backends --
 
-  // Registers a backend; jobs may be dispatched to it at once.
-  // Thread-safe; wakes workers waiting for a backend.
+  // Registers a backend (ids are assigned by the leveler, from 1); jobs may
+  // be dispatched to it at once. weight 0 throws std::invalid_argument.
+  // Blocking: briefly, while the balancer publishes its new snapshot (it
+  // waits for picks in progress, never for running jobs). Wakes workers
+  // waiting for a backend.
+  // Memory ordering: the handler's construction happens-before its first call.
   template <class H>
     requires job_handler<H, Job>
   backend_id add_backend(H&& handler, backend_options bo = {}) {
@@ -350,7 +354,9 @@ class leveler {
   }
 
   // Removes a backend: no new job is dispatched to it; jobs running on it
-  // finish normally. Returns false if there is no such backend.
+  // finish normally (the handler lives until they did). Returns false if
+  // there is no such backend. With no backend left, jobs wait in the queue
+  // for add_backend(). Blocking: as add_backend.
   bool remove_backend(backend_id id) {
     std::lock_guard lock(backends_mutex_);
     if (backends_.erase(id) == 0) return false;
@@ -589,6 +595,12 @@ class leveler {
 
   // ------------------------------------------------------------- metrics --
 
+  // A snapshot of counters, gauges, histograms and rate estimates (see
+  // levee/metrics.hpp). Allocates; takes the backend registry's and the
+  // balancer's mutexes briefly; never waits for jobs. Callable from handlers.
+  // Memory ordering: final-state counters are read with acquire before the
+  // acceptance counters, so succeeded + dead_lettered <= accepted always holds
+  // in a snapshot; other fields are individually (not jointly) consistent.
   [[nodiscard]] metrics_snapshot metrics() const;
 
  private:

@@ -364,6 +364,28 @@ TEST_CASE("set_rate: lowering allows no catch-up burst; the new envelope holds f
   }
 }
 
+TEST_CASE("set_rate with a reservation in flight: windows after the change fit the new envelope + 1") {
+  for (const rate r2 : {rate::per_second(10), rate::per_second(100'000)}) {
+    manual_clock clk;
+    limiter lim(rate::per_second(1000), 5, clk);
+    const tp t0 = clk.now();
+    REQUIRE(lim.try_acquire(5, t0));
+    auto res = lim.reserve(3, t0);  // due at t0 + 3 ms under the old rate
+    REQUIRE(res);
+    CHECK(res.ready_at() == t0 + 3ms);
+    const tp t1 = t0 + 1ms;
+    clk.set(t1);
+    lim.set_rate(r2);
+    std::vector<tp> after(3, res.ready_at());  // the reservation's permits are used when due
+    const double t_ns = 1e9 / r2.per_second_value();
+    const auto greedy = greedy_run(lim, t1.time_since_epoch().count(), static_cast<std::int64_t>(2 * t_ns), 3000, 2, 3);
+    after.insert(after.end(), greedy.begin(), greedy.end());
+    CHECK(levee::check_conformance(greedy, r2, 5).ok);        // admissions after the change: exact
+    CHECK(levee::check_conformance(after, r2, 5 + 3).ok);     // + the in-flight reservation
+    CHECK_FALSE(res.cancel());                                // reconfigured: no refund
+  }
+}
+
 TEST_CASE("set_rate and set_burst under concurrent demand: windows after the change obey the new envelope") {
   manual_clock clk;
   const rate r1 = rate::every(100ns), r2 = rate::every(1000ns);

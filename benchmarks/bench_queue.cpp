@@ -14,6 +14,7 @@
 #include <levee/mpmc_queue.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -449,8 +450,8 @@ template <class T>
 void throughput_table(const char* size_name, bool blocking) {
   const int pairs[] = {1, 2, 4, 8};
   const std::uint64_t items = 2000000;  // upper bound per run
-  const std::uint64_t calibration_items = opt.smoke ? 1600 : 16000;
-  const double target_seconds = 0.06;
+  const std::uint64_t calibration_items = opt.smoke ? 1600 : 4000;
+  const double target_seconds = 0.05;
   auto entries = throughput_entries<T>(blocking);
   table t;
   t.title = std::string("Throughput, ") + size_name + " items, " + (blocking ? "blocking mode" : "try_ mode") +
@@ -594,12 +595,25 @@ void pingpong_table() {
   t.higher_is_better = false;
   for (const auto& x : e) t.rows.push_back({x.name, std::vector<std::vector<double>>(2)});
   t.rows.push_back({"raw cache line (floor)", std::vector<std::vector<double>>(2)});
+  // Round trips calibrated per cell to about 40 ms per run (a spinning queue
+  // whose peer is descheduled can take 100 us per round trip here).
+  auto calibrate = [&](auto&& fn) {
+    const std::uint64_t probe = opt.smoke ? trips : 500;
+    const double ns = fn(probe);
+    return opt.smoke ? trips : std::clamp<std::uint64_t>(static_cast<std::uint64_t>(40e6 / ns), probe, trips);
+  };
+  std::vector<std::array<std::uint64_t, 2>> n(e.size());
+  for (std::size_t i = 0; i < e.size(); ++i) {
+    n[i][0] = calibrate([&](std::uint64_t k) { return e[i].fn(false, k); });
+    n[i][1] = calibrate([&](std::uint64_t k) { return e[i].fn(true, k); });
+  }
+  const std::uint64_t raw_trips = calibrate([](std::uint64_t k) { return pingpong_raw(k); });
   for (int run = 0; run < opt.runs; ++run) {
     for (std::size_t i = 0; i < e.size(); ++i) {
-      t.rows[i].samples[0].push_back(e[i].fn(false, trips));
-      t.rows[i].samples[1].push_back(e[i].fn(true, trips));
+      t.rows[i].samples[0].push_back(e[i].fn(false, n[i][0]));
+      t.rows[i].samples[1].push_back(e[i].fn(true, n[i][1]));
     }
-    t.rows.back().samples[0].push_back(pingpong_raw(trips));
+    t.rows.back().samples[0].push_back(pingpong_raw(raw_trips));
   }
   print_table(t);
   std::printf("(the raw cache line row is the physical floor, not a competitor; it is excluded from 'best')\n");

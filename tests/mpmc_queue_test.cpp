@@ -370,8 +370,16 @@ TEST_CASE("mpmc_queue: timed operations: deadlines in the past never wait; extre
   CHECK(q.try_pop_until(out, std::chrono::steady_clock::time_point::max()) == levee::queue_status::ok);
   CHECK(out == 1);
   CHECK(q.try_push_for(3, std::chrono::hours::max()) == levee::queue_status::ok);
-  CHECK(q.try_pop_for(out, std::chrono::duration<double>(0.5)) == levee::queue_status::ok);
+  // Coarse time points at the extremes saturate instead of overflowing.
+  CHECK(q.try_push_until(4, std::chrono::time_point<std::chrono::steady_clock, std::chrono::hours>::min()) ==
+        levee::queue_status::full);
+  CHECK(q.try_pop_until(out, std::chrono::time_point<std::chrono::system_clock, std::chrono::hours>::max()) ==
+        levee::queue_status::ok);
   CHECK(out == 3);
+  CHECK(q.try_push_until(4, std::chrono::time_point<std::chrono::system_clock, std::chrono::hours>::max()) ==
+        levee::queue_status::ok);
+  CHECK(q.try_pop_for(out, std::chrono::duration<double>(0.5)) == levee::queue_status::ok);
+  CHECK(out == 4);
 }
 
 TEST_CASE("mpmc_queue: timed operations time out within a bounded delay on real clocks") {

@@ -234,15 +234,17 @@ class mpmc_queue {
   }
   template <class Clock, class Duration>
   [[nodiscard]] queue_status try_push_until(T&& value, const std::chrono::time_point<Clock, Duration>& deadline) {
-    return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(value)); }), &deadline);
+    const auto d = detail::saturate_deadline(deadline);
+    return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(value)); }), &d);
   }
   template <class Clock, class Duration>
   [[nodiscard]] queue_status try_push_until(const T& value, const std::chrono::time_point<Clock, Duration>& deadline) {
+    const auto d = detail::saturate_deadline(deadline);
     if constexpr (std::is_nothrow_copy_constructible_v<T>) {
-      return block_push(push_op([&](void* p) noexcept { ::new (p) T(value); }), &deadline);
+      return block_push(push_op([&](void* p) noexcept { ::new (p) T(value); }), &d);
     } else {
       T copy(value);
-      return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(copy)); }), &deadline);
+      return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(copy)); }), &d);
     }
   }
 
@@ -257,8 +259,9 @@ class mpmc_queue {
     requires std::is_move_assignable_v<T>
   {
     queue_status status = queue_status::empty;
+    const auto d = detail::saturate_deadline(deadline);
     (void)pop_into(out, [&](auto&& op) {
-      status = block_pop(op, &deadline);
+      status = block_pop(op, &d);
       return status == queue_status::ok;
     });
     return status;

@@ -403,7 +403,7 @@ class rate_limiter {
       for (;;) {
         const std::uint64_t parity = cur & 1U;
         std::uint64_t next = cur - parity;
-        if (tau_new > tau_old) next = nt + ahead_of(cur - parity, nt) + (tau_new - tau_old);
+        if (tau_new > tau_old) next = nt + std::min(ahead_of(cur - parity, nt) + (tau_new - tau_old), horizon);
         if (tat_.compare_exchange_weak(cur, next + (parity ^ 1U), std::memory_order_acq_rel, std::memory_order_acquire))
           break;
       }

@@ -654,3 +654,40 @@ TEST_CASE("adaptive concurrency: failures shrink the limit, healthy traffic leav
   sim_t lev(o);
   CHECK_THROWS_AS(lev.set_concurrency_limit(3), std::logic_error);  // the adaptive limit owns it
 }
+
+TEST_CASE("outcomes feed outlier ejection: a failing backend is ejected and its jobs retried elsewhere") {
+  levee::manual_clock clk;
+  auto o = sim_options();
+  o.health.consecutive_failures = 3;
+  o.health.base_ejection = 10s;
+  o.health.max_ejection = 10s;
+  o.health.max_ejected_share = 0.5;
+  o.health.panic_threshold = 0;
+  o.retry.max_attempts = 2;
+  o.retry.base_backoff = 0ns;
+  o.retry.max_backoff = 0ns;
+  o.retry.min_retries_per_second = 1000;
+  sim_t lev(o, clk);
+  std::atomic<int> bad_calls{0}, good_calls{0};
+  const auto bad = lev.add_backend([&](int&) {
+    ++bad_calls;
+    throw std::runtime_error("down");
+  });
+  lev.add_backend([&](int&) { ++good_calls; });
+  for (int i = 0; i < 100; ++i) REQUIRE(lev.try_submit(i));
+  lev.drain();
+  auto m = lev.metrics();
+  CHECK(m.succeeded == 100);  // every job that hit the bad backend was retried on the good one
+  CHECK(bad_calls.load() == 3);
+  CHECK(good_calls.load() == 100);
+  CHECK(m.ejected_backends == 1);
+  REQUIRE(m.backends.size() == 2);
+  CHECK(m.backends[0].id == bad);
+  CHECK(m.backends[0].ejected);
+  CHECK(m.backends[0].failed == 3);
+  // after the ejection time the backend is back in rotation
+  clk.advance(11s);
+  for (int i = 0; i < 10; ++i) REQUIRE(lev.try_submit(i));
+  lev.drain();
+  CHECK(bad_calls.load() > 3);
+}

@@ -44,7 +44,14 @@ struct alignas(detail::cache_line_size) load_cell {
   // ejected again); any other value = ejected until that time (ns).
   static constexpr std::int64_t removed = std::numeric_limits<std::int64_t>::min();
 
-  std::atomic<std::int64_t> in_flight{0};            // leases not yet finished or destroyed
+  // Low 32 bits: leases in flight (not yet finished or destroyed). High 32
+  // bits: owner references, used by levee::balancer to keep a backend alive
+  // while a snapshot or a lease needs it (one atomic word, so a pick and its
+  // release each cost one read-modify-write). Always 0 outside a balancer.
+  // Read the load with load().
+  std::atomic<std::int64_t> in_flight{0};
+  static constexpr std::int64_t lease_mask = 0xffffffffLL;
+  static constexpr std::int64_t owner_unit = std::int64_t{1} << 32;
   std::atomic<double> latency_ewma_ns{0.0};          // peak-EWMA of latency, valid if stamp != no_sample
   std::atomic<std::int64_t> latency_stamp_ns{no_sample};
   std::atomic<std::uint32_t> consecutive_failures{0};
@@ -52,7 +59,7 @@ struct alignas(detail::cache_line_size) load_cell {
   std::atomic<std::int64_t> eject_state{0};
   std::atomic<std::int64_t> recovered_at_ns{no_sample}; // last return from ejection (slow start origin)
 
-  [[nodiscard]] std::int64_t load() const noexcept { return in_flight.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::int64_t load() const noexcept { return in_flight.load(std::memory_order_relaxed) & lease_mask; }
 
   // Folds one latency sample into the peak-EWMA (Finagle/tower semantics): a
   // sample above the estimate replaces it at once; otherwise the estimate
@@ -103,7 +110,7 @@ struct backend_entry {
   bool healthy = true;        // the operator's mark (set_healthy)
 
   [[nodiscard]] bool at_capacity() const noexcept {
-    return max_in_flight != 0 && load->in_flight.load(std::memory_order_relaxed) >= static_cast<std::int64_t>(max_in_flight);
+    return max_in_flight != 0 && load->load() >= static_cast<std::int64_t>(max_in_flight);
   }
 };
 
@@ -153,7 +160,7 @@ class backend_snapshot {
   [[nodiscard]] std::int64_t total_in_flight() const noexcept {
     if (total_in_flight_ != nullptr) return total_in_flight_->load(std::memory_order_relaxed);
     std::int64_t sum = 0;
-    for (const auto& e : entries_) sum += e.load->in_flight.load(std::memory_order_relaxed);
+    for (const auto& e : entries_) sum += e.load->load();
     return sum;
   }
 

@@ -257,8 +257,9 @@ class balancer {
       const auto i = strategy_.pick(b->view, b->table, ctx);
       if (!i) return std::nullopt;
       node* n = b->nodes[*i];
+      // The slot is also the lease's reference on the node (safe: the
+      // snapshot holds one while we are inside the read section).
       if (!acquire_slot(n->cell, b->view[*i].max_in_flight)) continue;  // lost the last slot to another thread
-      n->refs.fetch_add(1, std::memory_order_relaxed);
       if constexpr (track_total) shared_->total_in_flight.fetch_add(1, std::memory_order_relaxed);
       return std::optional<lease>(lease(n));
     }
@@ -301,9 +302,13 @@ class balancer {
   };
 
   struct node {
-    node(backend_id i, Payload&& p, std::shared_ptr<shared_state> s) : id(i), payload(std::move(p)), shared(std::move(s)) {}
+    // Lifetime: cell.in_flight counts owner references (high half: the
+    // member list, each snapshot, each finished-but-alive lease) and
+    // unfinished leases (low half); the node dies when the word reaches 0.
+    node(backend_id i, Payload&& p, std::shared_ptr<shared_state> s) : id(i), payload(std::move(p)), shared(std::move(s)) {
+      cell.in_flight.store(load_cell::owner_unit, std::memory_order_relaxed);  // the member list's reference
+    }
     load_cell cell;
-    std::atomic<std::int64_t> refs{1};  // the member list's reference
     backend_id id;
     Payload payload;
     std::shared_ptr<shared_state> shared;
@@ -329,10 +334,11 @@ class balancer {
     typename composed_type::table_type table;
   };
 
-  static void release(node* n) noexcept {
-    // Memory ordering: acq_rel so the last owner sees every write made by
-    // other owners (payload use, cell updates) before it destroys the node.
-    if (n->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete n;
+  // Drops `amount` (an owner reference or one unfinished lease); the last
+  // one out destroys the node. Memory ordering: acq_rel so the last owner
+  // sees every write made by other owners (payload use, cell updates) first.
+  static void release(node* n, std::int64_t amount = load_cell::owner_unit) noexcept {
+    if (n->cell.in_flight.fetch_sub(amount, std::memory_order_acq_rel) == amount) delete n;
   }
 
   static bool acquire_slot(load_cell& c, std::size_t max) noexcept {
@@ -342,7 +348,7 @@ class balancer {
     }
     std::int64_t cur = c.in_flight.load(std::memory_order_relaxed);
     do {
-      if (cur >= static_cast<std::int64_t>(max)) return false;
+      if ((cur & load_cell::lease_mask) >= static_cast<std::int64_t>(max)) return false;
     } while (!c.in_flight.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
     return true;
   }
@@ -392,7 +398,7 @@ class balancer {
     }
     backend_snapshot view(std::move(entries), track_total ? &shared_->total_in_flight : nullptr);
     auto b = std::make_unique<block>(std::move(view), std::move(nodes), strategy_);
-    for (node* n : b->nodes) n->refs.fetch_add(1, std::memory_order_relaxed);
+    for (node* n : b->nodes) n->cell.in_flight.fetch_add(load_cell::owner_unit, std::memory_order_relaxed);
     size_.store(members_.size(), std::memory_order_relaxed);
     cell_.exchange(std::move(b));  // the old block is destroyed after its grace period
   }
@@ -432,9 +438,9 @@ class balancer {
 
     // Records the result; a second call does nothing. Lock-free; reads the
     // balancer's clock once. Memory ordering: the in-flight decrement is a
-    // release, so a strategy that reads the lower count (acquire or relaxed
-    // load followed by a pick) never sees the finished job as running longer
-    // than it did; the other feedback cells are relaxed statistics.
+    // release that follows the latency and outcome updates, so a pick that
+    // sees the lower count also sees this job's feedback; load counters are
+    // otherwise relaxed statistics.
     void finish(outcome o, std::chrono::nanoseconds latency) noexcept {
       if (n_ == nullptr || done_) return;
       done_ = true;
@@ -442,20 +448,24 @@ class balancer {
       const std::int64_t now = sh.now_ns();
       n_->cell.record_latency(latency.count(), now, sh.decay_ns);
       sh.detector->record(n_->cell, o, now);
-      end_in_flight();
+      // One RMW turns the in-flight slot into an owner reference, so the
+      // payload stays alive until the lease is destroyed.
+      n_->cell.in_flight.fetch_add(load_cell::owner_unit - 1, std::memory_order_release);
+      if constexpr (track_total) n_->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
     }
 
    private:
     friend class balancer;
     explicit lease(node* n) noexcept : n_(n) {}
-    void end_in_flight() noexcept {
-      n_->cell.in_flight.fetch_sub(1, std::memory_order_release);
-      if constexpr (track_total) n_->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
-    }
     void reset() noexcept {
       if (n_ == nullptr) return;
-      if (!done_) end_in_flight();
-      release(std::exchange(n_, nullptr));
+      node* n = std::exchange(n_, nullptr);
+      if (done_) {
+        release(n);  // the owner reference finish() took
+      } else {
+        if constexpr (track_total) n->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
+        release(n, 1);  // the unfinished slot
+      }
     }
     node* n_ = nullptr;
     bool done_ = false;

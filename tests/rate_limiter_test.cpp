@@ -402,6 +402,10 @@ TEST_CASE("set_rate and set_burst under concurrent demand: windows after the cha
       std::mt19937_64 rng(static_cast<std::uint64_t>(i) + 99);
       for (std::size_t k = 0; k < attempts; ++k) {
         progress.fetch_add(1);
+        // the last third always runs after the change (even if the main
+        // thread is descheduled); the middle third races with it
+        if (k == 2 * attempts / 3)
+          while (!changed.load(std::memory_order_acquire)) std::this_thread::yield();
         const bool was_changed = changed.load(std::memory_order_acquire);
         const std::int64_t t = frontier.fetch_add(static_cast<std::int64_t>(rng() % 30));
         if (lim.try_acquire(1, at_ns(t)) && was_changed) after[static_cast<std::size_t>(i)].push_back(at_ns(t));

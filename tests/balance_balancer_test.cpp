@@ -396,3 +396,26 @@ TEST_CASE("balancer: batches apply all-or-nothing as one snapshot") {
   CHECK(watch.expired());
   CHECK(b.try_pick({})->id() != 1);
 }
+
+TEST_CASE("balancer: bounded_load keeps its bound through the facade (total in-flight is tracked)") {
+  using S = levee::bounded_load<levee::ring_hash>;
+  levee::balancer<S> b(S(levee::ring_hash{}, 1.25));
+  for (levee::backend_id id = 0; id < 10; ++id) b.add_backend(id);
+  std::vector<levee::balancer<S>::lease> held;
+  for (int i = 0; i < 200; ++i) {
+    auto l = b.try_pick({.key = 42});  // one hot key
+    REQUIRE(l);
+    held.push_back(std::move(*l));
+    const auto total = static_cast<std::int64_t>(held.size());
+    for (const auto& s : b.stats()) CHECK(s.in_flight <= (5 * total + 39) / 40);  // ceil(1.25 x total / 10)
+  }
+  // Finishing and dropping leases returns the total to zero.
+  for (std::size_t i = 0; i < held.size(); i += 2) held[i].finish(levee::outcome::success, std::chrono::microseconds(10));
+  held.clear();
+  for (const auto& s : b.stats()) CHECK(s.in_flight == 0);
+  auto l = b.try_pick({.key = 42});
+  REQUIRE(l);
+  const auto first = l->id();
+  l.reset();
+  CHECK(b.try_pick({.key = 42})->id() == first);  // idle again: the key's own backend
+}

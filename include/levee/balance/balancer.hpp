@@ -28,9 +28,11 @@
 
 namespace levee {
 
+// Every member has a default initialiser, so designated initialisers such as
+// {.key = k} compile cleanly under -Wmissing-field-initializers.
 struct pick_request {
-  std::optional<std::uint64_t> key;     // affinity key (hashing strategies)
-  std::span<const backend_id> exclude;  // backends this job already tried
+  std::optional<std::uint64_t> key = std::nullopt;  // affinity key (hashing strategies)
+  std::span<const backend_id> exclude = {};         // backends this job already tried
   rng* random = nullptr;                // the caller's generator; null = a per-thread one
 };
 

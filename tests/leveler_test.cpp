@@ -585,9 +585,10 @@ TEST_CASE("keys give affinity with hashing strategies: the same key always lands
       for (int key = 0; key < 200; ++key) REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
     lev.drain();
     REQUIRE(backends_of_key.size() == 200);
-    for (const auto& [key, bs] : backends_of_key) {
+    for (const auto& entry : backends_of_key) {
+      const int key = entry.first;
       CAPTURE(key);
-      CHECK(bs.size() == 1);
+      CHECK(entry.second.size() == 1);
     }
     CHECK(used.size() == 5);  // and the keys spread over every backend
   };

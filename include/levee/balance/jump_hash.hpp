@@ -24,7 +24,7 @@ class jump_hash {
  public:
   using table_type = no_table;
 
-  explicit jump_hash(jump_hash_options o = {}) noexcept : o_(o) {}
+  explicit jump_hash(jump_hash_options o = {}) noexcept : o_(o), key_salt_(detail::hash_salt(o.seed)) {}
 
   // The reference algorithm: bucket of `key` among n (n >= 1).
   [[nodiscard]] static constexpr std::int32_t bucket(std::uint64_t key, std::int32_t n) noexcept {
@@ -43,7 +43,7 @@ class jump_hash {
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
-    std::uint64_t k = ctx.key ? detail::hash64(*ctx.key, o_.seed) : ctx.random()();
+    std::uint64_t k = ctx.key ? detail::hash64_salted(*ctx.key, key_salt_) : ctx.random()();
     for (int attempt = 0; attempt < 8; ++attempt) {
       const auto i = static_cast<std::size_t>(bucket(k, static_cast<std::int32_t>(n)));
       if (ctx.eligible(s, i)) return i;
@@ -54,6 +54,7 @@ class jump_hash {
 
  private:
   jump_hash_options o_;
+  std::uint64_t key_salt_;
 };
 
 static_assert(strategy<jump_hash>, "jump_hash must satisfy levee::strategy");

@@ -50,7 +50,7 @@ class maglev {
     std::vector<std::uint32_t> entry;  // backend index per slot
   };
 
-  explicit maglev(maglev_options o = {}) : o_(o) {
+  explicit maglev(maglev_options o = {}) : o_(o), key_salt_(detail::hash_salt(o.seed ^ 0x6b6579ULL)) {
     if (o.table_size != 0 && !detail::is_prime(o.table_size))
       throw std::invalid_argument("levee::maglev: table_size must be prime, got " + std::to_string(o.table_size));
   }
@@ -96,7 +96,7 @@ class maglev {
   }
 
   [[nodiscard]] std::size_t slot(std::uint64_t key, std::size_t m) const noexcept {
-    return static_cast<std::size_t>(detail::mul_high64(detail::hash64(key, o_.seed ^ 0x6b6579ULL), m));
+    return static_cast<std::size_t>(detail::mul_high64(detail::hash64_salted(key, key_salt_), m));
   }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
@@ -118,6 +118,7 @@ class maglev {
 
  private:
   maglev_options o_;
+  std::uint64_t key_salt_;
 };
 
 static_assert(strategy<maglev>, "maglev must satisfy levee::strategy");

@@ -36,7 +36,7 @@ class ring_hash {
     unsigned shift = 64;
   };
 
-  explicit ring_hash(ring_hash_options o = {}) : o_(o) {
+  explicit ring_hash(ring_hash_options o = {}) : o_(o), key_salt_(detail::hash_salt(o.seed ^ 0x6b6579ULL)) {
     if (o.vnodes_per_weight == 0) throw std::invalid_argument("levee::ring_hash: vnodes_per_weight must be > 0, got 0");
     if (o.max_points == 0) throw std::invalid_argument("levee::ring_hash: max_points must be > 0, got 0");
   }
@@ -76,7 +76,7 @@ class ring_hash {
   }
 
   // The position of `key` on the ring (exposed for tests).
-  [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept { return detail::hash64(key, o_.seed ^ 0x6b6579ULL); }
+  [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept { return detail::hash64_salted(key, key_salt_); }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     const std::size_t points = t.hashes.size();
@@ -104,6 +104,7 @@ class ring_hash {
     return shift >= 64 ? 0 : static_cast<std::size_t>(h >> shift);
   }
   ring_hash_options o_;
+  std::uint64_t key_salt_;
 };
 
 static_assert(strategy<ring_hash>, "ring_hash must satisfy levee::strategy");

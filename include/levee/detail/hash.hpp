@@ -24,10 +24,15 @@ namespace levee::detail {
   return x;
 }
 
+// The salt a seed turns into; hash64(v, seed) == hash64_salted(v, hash_salt(seed)),
+// so a hot path can precompute the salt once.
+[[nodiscard]] constexpr std::uint64_t hash_salt(std::uint64_t seed) noexcept { return mix64(seed + 0x9e3779b97f4a7c15ULL); }
+[[nodiscard]] constexpr std::uint64_t hash64_salted(std::uint64_t value, std::uint64_t salt) noexcept { return mix64(value ^ salt); }
+
 // Hash of one 64-bit value under a seed. Different seeds give independent-
 // looking functions (the seed is mixed before it meets the value).
 [[nodiscard]] constexpr std::uint64_t hash64(std::uint64_t value, std::uint64_t seed = 0) noexcept {
-  return mix64(value ^ mix64(seed + 0x9e3779b97f4a7c15ULL));
+  return hash64_salted(value, hash_salt(seed));
 }
 
 // Hash of an ordered pair, e.g. (key, backend id) for rendezvous hashing or

@@ -18,9 +18,13 @@ namespace levee::detail {
   return z ^ (z >> 31);
 }
 
-// 64 x 64 -> high 64 bits of the 128-bit product, without relying on
-// __int128 being accepted under -Wpedantic.
+// 64 x 64 -> high 64 bits of the 128-bit product (one MUL where the compiler
+// has a 128-bit type; __extension__ keeps -Wpedantic quiet).
 [[nodiscard]] constexpr std::uint64_t mul_high64(std::uint64_t a, std::uint64_t b) noexcept {
+#if defined(__SIZEOF_INT128__)
+  __extension__ using u128 = unsigned __int128;
+  return static_cast<std::uint64_t>((static_cast<u128>(a) * b) >> 64);
+#else
   const std::uint64_t a_lo = a & 0xffffffffULL, a_hi = a >> 32;
   const std::uint64_t b_lo = b & 0xffffffffULL, b_hi = b >> 32;
   const std::uint64_t lo_lo = a_lo * b_lo;
@@ -29,6 +33,7 @@ namespace levee::detail {
   const std::uint64_t hi_hi = a_hi * b_hi;
   const std::uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xffffffffULL) + lo_hi;
   return hi_hi + (hi_lo >> 32) + (cross >> 32);
+#endif
 }
 
 // xoshiro256** 1.0 (Blackman, Vigna 2018): 256-bit state, period 2^256 - 1,

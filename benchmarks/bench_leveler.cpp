@@ -143,6 +143,7 @@ struct options {
   double seconds = 2.0;
   bool overhead = true, pacing = true;
   std::string impl;  // --impl PREFIX: run only the competitors whose name starts with it (for profiling)
+  std::vector<std::uint64_t> bursts{0};  // pacing: 0 = the leveler's automatic burst; --burst N adds N
 };
 
 // --------------------------------------------------- per-job overhead -----
@@ -345,7 +346,7 @@ void pacing_table(const options& opt) {
   std::printf("\n### Real-time pacing of a backlog (steady_clock, %zu workers, %.2f s per run, %d runs)\n\n", workers,
               opt.seconds, opt.runs);
   std::printf("A backlog of b + r x %.2f s jobs is submitted at once and drained at rate r. Burst b: the leveler's "
-              "automatic one (ceil(r x 1 ms)), and 2 ms worth. Achieved rate = (n - b) / (last dispatch - first "
+              "automatic one (options.burst = 0), plus any given with --burst. Achieved rate = (n - b) / (last dispatch - first "
               "dispatch), from the times the handler ran; violations = admissions closing a window with more than "
               "b + r*w dispatches (levee::check_conformance), strict and with one timer slack (100 us) of jitter "
               "allowed.\n\n",
@@ -354,7 +355,7 @@ void pacing_table(const options& opt) {
               "| violations with 100 us jitter allowed | within 1%% and 0 violations |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|:---:|\n");
   for (double rate : rates) {
-    for (const std::uint64_t burst_request : {std::uint64_t{0}, static_cast<std::uint64_t>(std::ceil(rate * 0.002))}) {
+    for (const std::uint64_t burst_request : opt.bursts) {
       std::vector<double> achieved, errors;
       std::size_t worst_violations = 0, worst_excess = 0, worst_jitter = 0;
       double worst_error = 0;
@@ -373,7 +374,7 @@ void pacing_table(const options& opt) {
       const bool ok = std::abs(worst_error) <= 0.01 && worst_jitter == 0;
       std::printf("| %s/s | %llu%s | %s/s (%s - %s) | %+.3f%% (%+.3f%%) | %zu (worst excess %zu) | %zu (+%zu permits) "
                   "| %s |\n",
-                  si(rate).c_str(), static_cast<unsigned long long>(burst), burst_request == 0 ? " (auto)" : " (2 ms)",
+                  si(rate).c_str(), static_cast<unsigned long long>(burst), burst_request == 0 ? " (auto)" : "",
                   si(a.median).c_str(), si(a.min).c_str(), si(a.max).c_str(), 100 * e.median, 100 * worst_error,
                   worst_violations, worst_excess, worst_jitter, jitter_permits(rate), ok ? "yes" : "**no**");
     }
@@ -428,11 +429,13 @@ int main(int argc, char** argv) {
       const std::string_view w = value();
       opt.overhead = w == "overhead";
       opt.pacing = w == "pacing";
+    } else if (a == "--burst") {
+      opt.bursts.push_back(static_cast<std::uint64_t>(std::max(1L, std::atol(value()))));
     } else if (a == "--impl") {
       opt.impl = value();
     } else if (a == "--help" || a == "-h") {
       std::printf("usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing] "
-                  "[--impl NAME-PREFIX]\n");
+                  "[--impl NAME-PREFIX] [--burst N]...\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_leveler: unknown flag '%s'\n", argv[i]);

@@ -605,7 +605,6 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   if (!f) throw std::runtime_error("cannot write '" + path + "'");
 }
 
-
 // ------------------------------------------------------------- the run ----
 
 // Largest number of timestamps (sorted, ns) inside any half-open window of w ns.

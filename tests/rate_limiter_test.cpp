@@ -480,6 +480,47 @@ TEST_CASE("raising the rate wakes a sleeping acquire promptly") {
   CHECK(woke);
 }
 
+TEST_CASE("lowering the burst below a waiter's n makes acquire throw instead of hanging") {
+  manual_clock clk;
+  limiter lim(rate::per_second(1), 3, clk);
+  REQUIRE(lim.try_acquire(3, clk.now()));
+  std::atomic<int> outcome{-1};
+  std::thread th([&] {
+    try {
+      (void)lim.acquire(3);
+      outcome = 1;
+    } catch (const std::invalid_argument&) {
+      outcome = 0;
+    }
+  });
+  std::this_thread::sleep_for(20ms);
+  lim.set_burst(2);
+  for (int i = 0; i < 500 && outcome.load() < 0; ++i) std::this_thread::sleep_for(10ms);
+  if (outcome.load() < 0) clk.advance(1h);  // fail rather than hang
+  th.join();
+  CHECK(outcome.load() == 0);
+}
+
+TEST_CASE("set_burst raising a large debt stays within the horizon (no wrap to 'idle')") {
+  manual_clock clk;
+  // F = 0: the schedule may run 2^61 ns (~26.7 intervals of 1000 days) ahead
+  const rate r = rate::per(1, std::chrono::hours(24 * 1000));
+  CHECK_THROWS_AS(limiter(r, 14, clk), std::invalid_argument);  // 14 intervals exceed half the horizon
+  limiter lim(r, 10, clk);
+  const tp now = clk.now();
+  REQUIRE(lim.try_acquire(10, now));
+  auto a = lim.reserve(10, now);  // 20 intervals ahead
+  auto b = lim.reserve(6, now);   // 26 intervals ahead
+  auto c = lim.reserve(1, now);   // 27 > horizon: refused
+  CHECK(a.ok());
+  CHECK(b.ok());
+  CHECK_FALSE(c.ok());
+  lim.set_burst(13);  // would add 3 intervals of debt: capped at the horizon, not wrapped into the past
+  CHECK(lim.available(now) == 0);
+  CHECK_FALSE(lim.try_acquire(1, now));
+  CHECK_FALSE(lim.try_acquire(1, now + std::chrono::hours(24 * 1000 * 5)));
+}
+
 TEST_CASE("try_acquire_until / for: fail fast when the deadline cannot be met, succeed when it can") {
   manual_clock clk;
   limiter lim(rate::per_second(1), 1, clk);

@@ -47,7 +47,11 @@ class alias_table {
 
   [[nodiscard]] std::size_t draw(rng& r) const noexcept {
     const std::size_t i = static_cast<std::size_t>(r.below(alias_.size()));
-    return (r() >> 11) < threshold_[i] ? i : alias_[i];
+    // Both loads unconditionally, then a select: the coin flip is random, so
+    // a branch here would be mispredicted half the time.
+    const std::size_t other = alias_[i];
+    const bool keep = (r() >> 11) < threshold_[i];
+    return keep ? i : other;
   }
 
  private:

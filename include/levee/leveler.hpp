@@ -285,8 +285,7 @@ class leveler {
         start_ns_(to_ns(c.now())),
         sim_ctx_(opts_.seed) {
     if (opts_.rate) {
-      burst_ = opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate);
-      limiter_.emplace(*opts_.rate, burst_, c);
+      limiter_.emplace(*opts_.rate, opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate), c);
     }
     if (opts_.adaptive) {
       adaptive_.emplace(*opts_.adaptive);
@@ -481,9 +480,9 @@ class leveler {
     if (in_handler()) throw std::logic_error("levee::leveler::drain: called from a handler of the same leveler (would wait for itself)");
     if (opts_.workers == 0) return simulate_until(until, true);
     for (;;) {
-      if (outstanding_.load(std::memory_order_acquire) == 0) return true;
+      if (outstanding() == 0) return true;
       const auto ticket = quiet_.prepare();
-      if (outstanding_.load(std::memory_order_acquire) == 0) {
+      if (outstanding() == 0) {
         quiet_.cancel();
         return true;
       }
@@ -577,7 +576,6 @@ class leveler {
   }
   void set_burst(std::uint64_t b) {
     require_limiter("set_burst").set_burst(b);
-    burst_ = b;
     work_.notify_always();
   }
   // Changes a fixed concurrency limit. Throws std::logic_error without one
@@ -591,7 +589,16 @@ class leveler {
 
   [[nodiscard]] const options& get_options() const noexcept { return opts_; }
   [[nodiscard]] const Clock& get_clock() const noexcept { return clock_; }
-  [[nodiscard]] std::uint64_t outstanding() const noexcept { return outstanding_.load(std::memory_order_acquire); }
+  // Accepted jobs not yet in a final state (queued, held at a gate, running,
+  // or waiting for a retry). Exact when quiescent; a hint under concurrency.
+  [[nodiscard]] std::uint64_t outstanding() const noexcept {
+    std::uint64_t done = 0;
+    for (std::size_t i = 0; i <= opts_.workers; ++i) done += shards_[i].finished();
+    // Final states are counted with release after the acceptance, so
+    // reading them (acquire) before `accepted` never yields done > accepted.
+    const std::uint64_t accepted = door_.accepted.load(std::memory_order_acquire);
+    return accepted > done ? accepted - done : 0;
+  }
 
   // ------------------------------------------------------------- metrics --
 
@@ -642,6 +649,11 @@ class leveler {
       } else {
         a.fetch_add(1, o);
       }
+    }
+    [[nodiscard]] std::uint64_t finished() const noexcept {
+      return succeeded.load(std::memory_order_acquire) + dl_failed.load(std::memory_order_acquire) +
+             dl_expired.load(std::memory_order_acquire) + dl_dropped.load(std::memory_order_acquire) +
+             dl_cancelled.load(std::memory_order_acquire);
     }
     void record(detail::metrics_histogram& h, std::uint64_t v) noexcept {
       if (exclusive) {
@@ -742,11 +754,11 @@ class leveler {
     // Everything accepted and not yet running is ahead of this job: queued,
     // held by a worker at a gate, or waiting for a retry (conservative: a
     // retry may become due after this job's dispatch).
-    const std::uint64_t out = outstanding_.load(std::memory_order_acquire);
+    const std::uint64_t out = outstanding();
     const std::uint64_t running = in_flight_total();
     const std::uint64_t ahead = out > running ? out - running : 0;
     const std::uint64_t k = ahead + 1;
-    const std::uint64_t b = std::max<std::uint64_t>(burst_, 1);
+    const std::uint64_t b = std::max<std::uint64_t>(limiter_->burst(), 1);
     time_point at;
     if (k <= b) {
       at = limiter_->available_at(k, now);
@@ -757,14 +769,22 @@ class leveler {
     return std::max(at, now) <= deadline;
   }
 
-  void add_outstanding() noexcept {
-    const std::uint64_t now_out = outstanding_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  // High-water mark of outstanding(): exact in simulation mode; with worker
+  // threads sampled at every 64th acceptance (reading every worker's
+  // counters on each submission would make producers and workers contend).
+  void track_peak(std::uint64_t accepted_seq) noexcept {
+    if (opts_.workers != 0 && (accepted_seq & 63) != 0) return;
+    const std::uint64_t now_out = outstanding();
     std::uint64_t peak = outstanding_peak_.load(std::memory_order_relaxed);
     while (now_out > peak && !outstanding_peak_.compare_exchange_weak(peak, now_out, std::memory_order_relaxed)) {
     }
   }
-  void finish_one() {
-    if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) == 1) quiet_.notify();
+  // A job reached its final state (already counted in shard s). Workers do
+  // not wake drain() per job: they do it when they run out of work (see
+  // worker_main), which is the only time the count can have reached zero
+  // for good. Other threads wake it directly.
+  void finish_one(const stats_shard& s) {
+    if (!s.exclusive) quiet_.notify();
   }
 
   submit_result<Job> submit_impl(Job&& job, const job_options& jo, overflow_policy policy, time_point until) {
@@ -784,17 +804,17 @@ class leveler {
     envelope env{std::move(job), jo.key, deadline, now, 0, {}, nullptr};
     // Counted before the push so that no snapshot ever shows a job finished
     // before it was accepted; undone if the push finally fails.
-    add_outstanding();
-    door_.accepted.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t seq = door_.accepted.fetch_add(1, std::memory_order_relaxed) + 1;
     auto refuse = [&](submit_status st) {
       door_.accepted.fetch_sub(1, std::memory_order_relaxed);
-      finish_one();
+      quiet_.notify();  // a drain() may have seen this attempt as outstanding
       return reject(std::move(env.job), st);
     };
     int spins = 0;
     for (;;) {
       if (push(env)) {
         work_.notify_one();
+        track_peak(seq);
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
       if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) return refuse(submit_status::closed);
@@ -818,6 +838,7 @@ class leveler {
       if (push(env)) {
         space_.cancel();
         work_.notify_one();
+        track_peak(seq);
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
       if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) {
@@ -880,7 +901,7 @@ class leveler {
         s.inc(s.sink_errors);
       }
     }
-    finish_one();
+    finish_one(s);
   }
 
   void cancel_everything_queued() {
@@ -1026,7 +1047,7 @@ class leveler {
     if (result.ok()) {
       s.inc(s.succeeded, std::memory_order_release);
       backend->succeeded.fetch_add(1, std::memory_order_relaxed);
-      finish_one();
+      finish_one(s);
       return end;
     }
     s.inc(s.failed);
@@ -1086,13 +1107,22 @@ class leveler {
     worker_ctx& c = *ctxs_[index];
     stats_shard& s = shards_[index + 1];
     int idle_spins = 0;
+    bool busy = false;  // progressed since drain() waiters were last woken
     time_point now = clock_.now();
     while (!stopping_.load(std::memory_order_acquire)) {
       auto r = try_progress(c, now);
       if (r.kind == progress::progressed) {
         idle_spins = 0;
+        busy = true;
         now = r.until;  // the end of the job just run: still "now" for the next decision
         continue;
+      }
+      if (r.kind == progress::idle && busy) {
+        // Out of work: the outstanding count may have reached zero with
+        // this worker's last final state. Memory ordering: the final-state
+        // counters were stored with release before this notify's fence.
+        busy = false;
+        quiet_.notify();
       }
       if (r.kind == progress::idle && idle_spins < max_idle_spins) {
         ++idle_spins;
@@ -1110,6 +1140,7 @@ class leveler {
       if (r.kind == progress::progressed) {
         work_.cancel();
         idle_spins = 0;
+        busy = true;
         now = r.until;
         continue;
       }
@@ -1140,20 +1171,20 @@ class leveler {
     for (;;) {
       const std::size_t k = step();
       n += k;
-      if (until_drained && outstanding_.load(std::memory_order_acquire) == 0) return true;
-      if (stopping_.load(std::memory_order_acquire)) return outstanding_.load(std::memory_order_acquire) == 0;
+      if (until_drained && outstanding() == 0) return true;
+      if (stopping_.load(std::memory_order_acquire)) return outstanding() == 0;
       const auto next = next_event();
       if (!next) {
         if (until_drained && sim_wait_.kind != progress::idle)
           throw std::logic_error("levee::leveler::drain: jobs are outstanding but can never be dispatched "
                                  "(no backend, or every backend is saturated)");
-        if (until_drained && outstanding_.load(std::memory_order_acquire) != 0)
+        if (until_drained && outstanding() != 0)
           throw std::logic_error("levee::leveler::drain: jobs are outstanding but nothing can move them");
-        return outstanding_.load(std::memory_order_acquire) == 0;
+        return outstanding() == 0;
       }
-      if (*next > until) return outstanding_.load(std::memory_order_acquire) == 0;
+      if (*next > until) return outstanding() == 0;
       const time_point now = clock_.now();
-      if (*next <= now && k == 0) return outstanding_.load(std::memory_order_acquire) == 0;  // no progress possible
+      if (*next <= now && k == 0) return outstanding() == 0;  // no progress possible
       if (*next > now) {
         if constexpr (requires(Clock& ck, time_point tp) { ck.set(tp); }) {
           clock_.set(*next);
@@ -1171,7 +1202,6 @@ class leveler {
   mpmc_queue<envelope> queue_;
   balancer_type balancer_;
   std::optional<rate_limiter<Clock>> limiter_;
-  std::uint64_t burst_ = 0;
   std::optional<concurrency_limiter> concurrency_;
   std::optional<adaptive_limit<>> adaptive_;  // thread-safe on its own
   [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
@@ -1192,7 +1222,6 @@ class leveler {
     std::atomic<std::uint64_t> accepted{0};
     std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0}, rejected_timeout{0};
   } door_;
-  alignas(detail::false_sharing_range) std::atomic<std::uint64_t> outstanding_{0};
   std::atomic<std::uint64_t> outstanding_peak_{0};
   std::atomic<bool> backend_limits_{false};  // some backend has max_in_flight: completions must wake workers
   std::atomic<bool> closed_{false};
@@ -1251,7 +1280,7 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   m.queue_capacity = opts_.capacity;
   m.retry_pending = retry_count_.load(std::memory_order_relaxed);
   m.in_flight = static_cast<std::size_t>(in_flight_total());
-  m.outstanding = outstanding_.load(std::memory_order_acquire);
+  m.outstanding = outstanding();
   m.outstanding_peak = outstanding_peak_.load(std::memory_order_relaxed);
   if (limiter_) {
     m.rate_limit = limiter_->get_rate().per_second_value();

@@ -149,7 +149,8 @@ struct metrics_snapshot {
   std::size_t retry_pending = 0;     // failed jobs waiting for their backoff to elapse
   std::size_t in_flight = 0;         // handlers running now
   std::uint64_t outstanding = 0;     // accepted jobs not yet in a final state
-  std::uint64_t outstanding_peak = 0;  // high-water mark of outstanding
+  std::uint64_t outstanding_peak = 0;  // high-water mark of outstanding (exact in simulation mode,
+                                       // sampled every 64th acceptance with worker threads)
   std::optional<double> rate_limit;  // permits per second; nullopt = no rate gate
   std::uint64_t burst = 0;
   std::optional<std::size_t> concurrency_limit;  // nullopt = no concurrency gate

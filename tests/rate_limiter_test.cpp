@@ -521,6 +521,37 @@ TEST_CASE("set_burst raising a large debt stays within the horizon (no wrap to '
   CHECK_FALSE(lim.try_acquire(1, now + std::chrono::hours(24 * 1000 * 5)));
 }
 
+TEST_CASE("a limiter left idle for any length of time is full again (the ring cannot alias)") {
+  // 10k/s uses F = 8: the 2^64 ring spans 4 horizons of 2^53 ns (~104 days)
+  // each; without the era check an idle gap of 3..4 horizons would read as a
+  // schedule far in the future.
+  constexpr std::int64_t horizon_ns = std::int64_t{1} << 53;
+  for (const std::int64_t gap : {horizon_ns / 2, 2 * horizon_ns + 12345, 3 * horizon_ns + horizon_ns / 3,
+                                 4 * horizon_ns - 1000, 9 * horizon_ns + 7}) {
+    manual_clock clk;
+    limiter lim(rate::per_second(10'000), 4, clk);
+    REQUIRE(lim.resolution_bits() == 8);
+    REQUIRE(lim.try_acquire(4, clk.now()));
+    clk.advance(std::chrono::nanoseconds(gap));
+    INFO("idle for " << gap << " ns");
+    CHECK(lim.available(clk.now()) == 4);
+    CHECK(lim.available_at(4, clk.now()) == clk.now());
+    CHECK(lim.try_acquire(4, clk.now()));
+    CHECK_FALSE(lim.try_acquire(1, clk.now()));
+  }
+  // also right after construction (no admission at all)
+  manual_clock clk;
+  limiter lim(rate::per_second(10'000), 4, clk);
+  clk.advance(std::chrono::nanoseconds(3 * horizon_ns + 5));
+  CHECK(lim.try_acquire(4, clk.now()));
+  // and through set_rate / set_burst after a long idle period
+  clk.advance(std::chrono::nanoseconds(3 * horizon_ns + 5));
+  lim.set_rate(rate::per_second(20'000));
+  lim.set_burst(6);
+  CHECK(lim.available(clk.now()) == 4);  // raising the burst does not hand out the 2 extra at once
+  CHECK(lim.available(clk.now() + 100us) == 6);
+}
+
 TEST_CASE("try_acquire_until / for: fail fast when the deadline cannot be met, succeed when it can") {
   manual_clock clk;
   limiter lim(rate::per_second(1), 1, clk);

@@ -32,10 +32,13 @@
 // ~1e7/s, and 0 for every interval that is a whole number of 1/16 ns
 // (per_second(n) for n dividing 1e9, every(d), ...). Rates set later with
 // set_rate() use the same F.
-// Limits: TAT may run at most 2^(61-F) ns ahead of `now` (73 years at F = 0,
-// 4.5 years at F = 4, 104 days at F = 8), burst * T must be <= half of that,
-// and a caller-supplied `now` must not be older than 2^(61-F) ns relative to
-// the newest one (older is treated as "idle", i.e. as a fresh time).
+// Limits: TAT may run at most H = 2^(61-F) ns ahead of `now` (73 years at
+// F = 0, 4.5 years at F = 4, 104 days at F = 8), burst * T must be <= H / 2,
+// and a caller-supplied `now` must not be older than H relative to the
+// newest one (older is treated as "idle", i.e. as a fresh time). Idle periods
+// of any length are fine: besides the state word the limiter keeps the
+// "era" (now / H) of its latest write, and a state two or more eras old is
+// known to be in the past even where the ring alone would be ambiguous.
 #pragma once
 
 #include <levee/clock.hpp>
@@ -213,7 +216,7 @@ class rate_limiter {
   // burst == 0, or burst * emission interval beyond the horizon (2^61 ticks),
   // throws std::invalid_argument.
   explicit rate_limiter(rate r, std::uint64_t burst = 1, Clock c = Clock{})
-      : bits_(pick_bits(r)), shift_(bits_ + 1), clock_(std::move(c)), sleeper_(clock_) {
+      : bits_(pick_bits(r)), shift_(bits_ + 1), era_shift_(61 - bits_), clock_(std::move(c)), sleeper_(clock_) {
     if (burst == 0) detail::throw_invalid_u("levee::rate_limiter: burst must be >= 1", 0);
     const std::uint64_t t = interval_ticks(r, bits_, "levee::rate_limiter");
     const std::uint64_t tau = checked_tau(burst, t, "levee::rate_limiter");
@@ -221,9 +224,10 @@ class rate_limiter {
     tau_.store(tau, std::memory_order_relaxed);
     burst_.store(burst, std::memory_order_relaxed);
     rate_ = r;
-    // The antipode of "now" reads as the distant past for every time within
-    // +-2^62 ticks of construction: the limiter starts full.
-    tat_.store(to_ticks(clock_.now()) + (std::uint64_t{1} << 63), std::memory_order_relaxed);
+    // One horizon in the past: the limiter starts full.
+    const time_point now = clock_.now();
+    tat_.store(to_ticks(now) - horizon, std::memory_order_relaxed);
+    era_.store(era_of(now), std::memory_order_relaxed);
   }
   rate_limiter(const rate_limiter&) = delete;
   rate_limiter& operator=(const rate_limiter&) = delete;
@@ -234,21 +238,24 @@ class rate_limiter {
 
   // Admits n permits at the caller-supplied time `now`. `now` may be stale or
   // out of order across threads; the envelope still holds (header comment).
-  // Memory ordering: one acquire load and an acquire CAS on the state; an
-  // admission publishes nothing else (use your own synchronisation for data).
+  // Memory ordering: an acquire load and one acq_rel CAS on the state, plus
+  // reads of the read-mostly era and configuration; an admission publishes
+  // nothing else (use your own synchronisation for data).
   [[nodiscard]] bool try_acquire(std::uint64_t n, time_point now) {
     if (n == 0) return true;
     const std::uint64_t nt = to_ticks(now);
+    const std::int64_t e = era_of(now);
     std::uint64_t cur = tat_.load(std::memory_order_acquire);
     for (;;) {
       const config c = load_config();
       if (n > c.burst) return false;
       const std::uint64_t cost = n * c.interval;
       const std::uint64_t parity = cur & 1U;
-      const std::uint64_t ahead = ahead_of(cur - parity, nt);
+      const std::uint64_t ahead = ahead_at(cur - parity, nt, e);
       if (ahead + cost > c.tau) return false;
-      if (tat_.compare_exchange_weak(cur, nt + ahead + cost + parity, std::memory_order_acquire,
-                                     std::memory_order_acquire))
+      note_era(e);  // before the CAS, whose release publishes it with the new state
+      if (tat_.compare_exchange_strong(cur, nt + ahead + cost + parity, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
         return true;
     }
   }
@@ -261,7 +268,8 @@ class rate_limiter {
     if (n == 0) return now;
     const config c = load_config();
     if (n > c.burst) throw_too_many("levee::rate_limiter::available_at", n, c.burst);
-    const std::uint64_t ahead = ahead_of(tat_.load(std::memory_order_acquire) & ~std::uint64_t{1}, to_ticks(now));
+    const std::uint64_t ahead =
+        ahead_at(tat_.load(std::memory_order_acquire) & ~std::uint64_t{1}, to_ticks(now), era_of(now));
     const std::uint64_t cost = n * c.interval;
     if (ahead + cost <= c.tau) return now;
     return now + ticks_to_duration(ahead + cost - c.tau);
@@ -283,16 +291,18 @@ class rate_limiter {
       return r;
     }
     const std::uint64_t nt = to_ticks(now);
+    const std::int64_t e = era_of(now);
     std::uint64_t cur = tat_.load(std::memory_order_acquire);
     for (;;) {
       const config c = load_config();
       if (n > c.burst) throw_too_many("levee::rate_limiter::reserve", n, c.burst);
       const std::uint64_t cost = n * c.interval;
       const std::uint64_t parity = cur & 1U;
-      const std::uint64_t ahead = ahead_of(cur - parity, nt);
+      const std::uint64_t ahead = ahead_at(cur - parity, nt, e);
       if (ahead + cost > horizon) return r;  // refused
       const std::uint64_t next = nt + ahead + cost + parity;
-      if (tat_.compare_exchange_weak(cur, next, std::memory_order_acquire, std::memory_order_acquire)) {
+      note_era(e);
+      if (tat_.compare_exchange_strong(cur, next, std::memory_order_acq_rel, std::memory_order_acquire)) {
         r.end_ = next;
         r.cost_ = cost;
         r.epoch_ = c.epoch;
@@ -360,12 +370,15 @@ class rate_limiter {
       const std::uint64_t tau_new = checked_tau(b, t_new, "levee::rate_limiter::set_rate");
       const std::uint64_t t_old = interval_.load(std::memory_order_relaxed);
       begin_write();
-      const std::uint64_t nt = to_ticks(clock_.now());
+      const time_point now = clock_.now();
+      const std::uint64_t nt = to_ticks(now);
+      const std::int64_t e = era_of(now);
       std::uint64_t cur = tat_.load(std::memory_order_acquire);
       for (;;) {
         const std::uint64_t parity = cur & 1U;
-        const std::uint64_t ahead = ahead_of(cur - parity, nt);
-        std::uint64_t next = cur - parity;
+        const bool ancient = is_ancient(e);
+        const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
+        std::uint64_t next = ancient ? nt - horizon : cur - parity;  // an ancient state is re-based, still idle
         if (ahead > 0) {
           // keep the debt in permits: ahead * t_new / t_old, rounded up to an even unit
           const auto scaled = static_cast<detail::uint128>(ahead) * t_new;
@@ -373,7 +386,9 @@ class rate_limiter {
           next = nt + ahead_new + (ahead_new & 1U);
         }
         // flip the parity: admissions computed with the old configuration fail their CAS
-        if (tat_.compare_exchange_weak(cur, next + (parity ^ 1U), std::memory_order_acq_rel, std::memory_order_acquire))
+        note_era(e);
+        if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
+                                         std::memory_order_acquire))
           break;
       }
       interval_.store(t_new, std::memory_order_release);
@@ -398,13 +413,19 @@ class rate_limiter {
       const std::uint64_t tau_new = checked_tau(burst, t, "levee::rate_limiter::set_burst");
       const std::uint64_t tau_old = tau_.load(std::memory_order_relaxed);
       begin_write();
-      const std::uint64_t nt = to_ticks(clock_.now());
+      const time_point now = clock_.now();
+      const std::uint64_t nt = to_ticks(now);
+      const std::int64_t e = era_of(now);
       std::uint64_t cur = tat_.load(std::memory_order_acquire);
       for (;;) {
         const std::uint64_t parity = cur & 1U;
-        std::uint64_t next = cur - parity;
-        if (tau_new > tau_old) next = nt + std::min(ahead_of(cur - parity, nt) + (tau_new - tau_old), horizon);
-        if (tat_.compare_exchange_weak(cur, next + (parity ^ 1U), std::memory_order_acq_rel, std::memory_order_acquire))
+        const bool ancient = is_ancient(e);
+        const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
+        std::uint64_t next = ancient ? nt - horizon : cur - parity;
+        if (tau_new > tau_old) next = nt + std::min(ahead + (tau_new - tau_old), horizon);
+        note_era(e);
+        if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
+                                         std::memory_order_acquire))
           break;
       }
       burst_.store(burst, std::memory_order_release);
@@ -424,7 +445,8 @@ class rate_limiter {
   // Permits that try_acquire could admit at `now` (0..burst()); a snapshot.
   [[nodiscard]] std::uint64_t available(time_point now) const noexcept {
     const config c = load_config();
-    const std::uint64_t ahead = ahead_of(tat_.load(std::memory_order_acquire) & ~std::uint64_t{1}, to_ticks(now));
+    const std::uint64_t ahead =
+        ahead_at(tat_.load(std::memory_order_acquire) & ~std::uint64_t{1}, to_ticks(now), era_of(now));
     return ahead >= c.tau ? 0 : (c.tau - ahead) / c.interval;
   }
   [[nodiscard]] std::uint64_t available() const { return available(clock_.now()); }
@@ -483,6 +505,22 @@ class rate_limiter {
   [[nodiscard]] duration ticks_to_duration(std::uint64_t ticks) const noexcept {
     const std::uint64_t ns = (ticks + (std::uint64_t{1} << shift_) - 1) >> shift_;
     return std::chrono::ceil<duration>(std::chrono::nanoseconds(static_cast<std::int64_t>(ns)));
+  }
+  // Era = now >> (61 - F) ns, i.e. one horizon per era. A state last written
+  // two or more eras ago (at a `now` within the documented staleness) lies in
+  // the past whatever its bits say: this keeps a limiter left idle for longer
+  // than the ring can tell (3 horizons) from reading as "far ahead".
+  [[nodiscard]] std::int64_t era_of(time_point t) const noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count() >> era_shift_;
+  }
+  [[nodiscard]] bool is_ancient(std::int64_t era) const noexcept {
+    return era - era_.load(std::memory_order_acquire) >= 2;
+  }
+  [[nodiscard]] std::uint64_t ahead_at(std::uint64_t tat, std::uint64_t now_ticks, std::int64_t era) const noexcept {
+    return is_ancient(era) ? 0 : ahead_of(tat, now_ticks);
+  }
+  void note_era(std::int64_t era) noexcept {
+    if (era > era_.load(std::memory_order_relaxed)) era_.store(era, std::memory_order_relaxed);
   }
   // How far (ticks) the TAT is ahead of now: 0 if it is in the past, or so far
   // ahead (> horizon) that it can only be a state left idle for >= 2^63 ticks
@@ -547,6 +585,8 @@ class rate_limiter {
   std::atomic<std::uint64_t> epoch_{0};
   const unsigned bits_;   // F
   const unsigned shift_;  // F + 1: ticks are 2^-(F+1) ns, time values even
+  const unsigned era_shift_;  // 61 - F
+  std::atomic<std::int64_t> era_{0};  // era of the latest state write (see era_of)
   std::atomic<std::int64_t> spin_ns_{0};
   rate rate_ = rate::per_second(1);
   mutable std::mutex config_mutex_;

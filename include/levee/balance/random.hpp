@@ -45,17 +45,20 @@ class alias_table {
 
   [[nodiscard]] std::size_t size() const noexcept { return alias_.size(); }
 
+  // One 64-bit draw: the column from its high bits (multiply-shift; bias
+  // below n / 2^64), the coin from its low 32 bits (resolution 2^-32).
   [[nodiscard]] std::size_t draw(rng& r) const noexcept {
-    const std::size_t i = static_cast<std::size_t>(r.below(alias_.size()));
+    const std::uint64_t x = r();
+    const auto i = static_cast<std::size_t>(mul_high64(x, alias_.size()));
     // Both loads unconditionally, then a select: the coin flip is random, so
     // a branch here would be mispredicted half the time.
     const std::size_t other = alias_[i];
-    const bool keep = (r() >> 11) < threshold_[i];
+    const bool keep = (x & 0xffffffffULL) < threshold_[i];
     return keep ? i : other;
   }
 
  private:
-  static constexpr std::uint64_t full = std::uint64_t{1} << 53;
+  static constexpr std::uint64_t full = std::uint64_t{1} << 32;
   static std::uint64_t to_threshold(double p) noexcept {
     if (p <= 0) return 0;
     if (p >= 1) return full;

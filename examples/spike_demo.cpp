@@ -546,7 +546,9 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   // The rate limit, under the rate lines: dispatch riding on it is the point.
   s << "<line x1=\"" << L << "\" x2=\"" << R << "\" y1=\"" << fmt("%.1f", YR(c.rate)) << "\" y2=\""
     << fmt("%.1f", YR(c.rate)) << "\" stroke=\"" << c_limit << "\" stroke-width=\"1.5\" stroke-dasharray=\"7 5\"/>\n";
-  s << "<text x=\"" << (L + 6) << "\" y=\"" << fmt("%.1f", YR(c.rate) - 7) << "\" font-size=\"12\" fill=\""
+  // Labelled just after the spike, where the queue depth runs high above the line.
+  s << "<text x=\"" << fmt("%.1f", X(p.spike_end) + 12) << "\" y=\"" << fmt("%.1f", YR(c.rate) - 7)
+    << "\" font-size=\"12\" fill=\""
     << c_limit << "\">rate limit " << num(c.rate) << "/s</text>\n";
 
   polyline(d.arrival_rate, c_arr, 2.0);

@@ -182,12 +182,32 @@ struct leveler_handler final : leveler_handler_base<Job> {
   H fn;
 };
 
-template <class Job>
-struct leveler_backend {
-  std::uint64_t id = 0;
-  std::unique_ptr<leveler_handler_base<Job>> handler;
+// Outcome counters of one backend as seen by one stats shard (see the
+// leveler's stats_shard): a worker's slot is written by that worker only, so
+// two workers finishing jobs on the same backend never share a cache line.
+struct alignas(false_sharing_range) leveler_backend_counters {
   std::atomic<std::uint64_t> succeeded{0};
   std::atomic<std::uint64_t> failed{0};
+};
+
+template <class Job>
+struct leveler_backend {
+  explicit leveler_backend(std::size_t shards) : counters(std::make_unique<leveler_backend_counters[]>(shards)), shard_count(shards) {}
+  std::uint64_t id = 0;
+  std::unique_ptr<leveler_handler_base<Job>> handler;
+  std::unique_ptr<leveler_backend_counters[]> counters;  // one per stats shard
+  std::size_t shard_count;
+
+  [[nodiscard]] std::uint64_t succeeded() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < shard_count; ++i) n += counters[i].succeeded.load(std::memory_order_relaxed);
+    return n;
+  }
+  [[nodiscard]] std::uint64_t failed() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < shard_count; ++i) n += counters[i].failed.load(std::memory_order_relaxed);
+    return n;
+  }
 };
 
 inline std::size_t leveler_default_workers() noexcept {
@@ -294,6 +314,7 @@ class leveler {
       concurrency_.emplace(opts_.max_concurrency);
     }
     shards_ = std::make_unique<stats_shard[]>(opts_.workers + 1);
+    for (std::size_t i = 0; i <= opts_.workers; ++i) shards_[i].index = i;
     sim_ctx_.shard = &shards_[0];
     threads_.reserve(opts_.workers);
     ctxs_.reserve(opts_.workers);
@@ -340,7 +361,7 @@ class leveler {
   template <class H>
     requires job_handler<H, Job>
   backend_id add_backend(H&& handler, backend_options bo = {}) {
-    auto b = std::make_shared<detail::leveler_backend<Job>>();
+    auto b = std::make_shared<detail::leveler_backend<Job>>(opts_.workers + 1);
     b->handler = std::make_unique<detail::leveler_handler<Job, std::decay_t<H>>>(std::forward<H>(handler));
     std::lock_guard lock(backends_mutex_);
     const backend_id id = next_backend_id_++;
@@ -643,6 +664,7 @@ class leveler {
     detail::metrics_histogram dwell, service;
     detail::leveler_window_counter dispatches{rate_slot, rate_slots};
 
+    std::size_t index = 0;  // position in shards_ (and in each backend's counters)
     void inc(std::atomic<std::uint64_t>& a, std::memory_order o = std::memory_order_relaxed) noexcept {
       if (exclusive) {
         a.store(a.load(std::memory_order_relaxed) + 1, o);
@@ -654,6 +676,13 @@ class leveler {
       return succeeded.load(std::memory_order_acquire) + dl_failed.load(std::memory_order_acquire) +
              dl_expired.load(std::memory_order_acquire) + dl_dropped.load(std::memory_order_acquire) +
              dl_cancelled.load(std::memory_order_acquire);
+    }
+    void count_dispatch(std::int64_t now_ns) noexcept {
+      if (exclusive) {
+        dispatches.add_exclusive(now_ns);
+      } else {
+        dispatches.add(now_ns);
+      }
     }
     void record(detail::metrics_histogram& h, std::uint64_t v) noexcept {
       if (exclusive) {
@@ -940,17 +969,24 @@ class leveler {
   // concurrency permit, then the backend lease, then the token itself.
   progress_result try_progress(worker_ctx& c, time_point now) {
     const std::int64_t now_ns = to_ns(now);
-    if (!c.held) {
-      if (auto r = pop_due_retry(now_ns)) {
-        c.held.emplace(std::move(*r));
-      } else if (auto q = pop_queue()) {
-        c.held.emplace(std::move(*q));
-      } else {
+    // The job is taken into a local: c.held only holds a job while it waits
+    // at a gate (never while its handler runs, so a stop() from that handler
+    // cannot cancel it), and the common case - popped and dispatched at once
+    // - moves the envelope only out of the queue.
+    std::optional<envelope> taken;
+    if (c.held) {
+      taken.emplace(std::move(*c.held));
+      c.held.reset();
+    } else if (auto r = pop_due_retry(now_ns)) {
+      taken.emplace(std::move(*r));
+    } else {
+      taken = pop_queue();
+      if (!taken) {
         const auto nr = next_retry_ns_.load(std::memory_order_acquire);
         return {progress::idle, nr == no_retry ? time_point::max() : from_ns(nr)};
       }
     }
-    envelope& env = *c.held;
+    envelope& env = *taken;
     // Workers pass the previous job's end time as `now` to save a clock
     // read; a job with a deadline gets a fresh one, so that it is never
     // dispatched after its deadline.
@@ -958,19 +994,21 @@ class leveler {
       if (env.deadline != time_point::max() && &c != &sim_ctx_) now = clock_.now();
     }
     if (env.deadline < now) {
-      auto e = std::move(env);
-      c.held.reset();
-      dead_letter(shard_of(c), std::move(e), dead_letter_reason::expired);
+      dead_letter(shard_of(c), std::move(env), dead_letter_reason::expired);
       return {progress::progressed, now};
     }
+    auto hold = [&](progress k, time_point until) {
+      c.held.emplace(std::move(env));
+      return progress_result{k, until};
+    };
     if (limiter_) {
       const time_point at = limiter_->available_at(1, now);
-      if (at > now) return {progress::wait_rate, at};
+      if (at > now) return hold(progress::wait_rate, at);
     }
     std::optional<levee::permit> permit;
     if (concurrency_) {
       auto p = concurrency_->try_acquire();
-      if (!p) return {progress::wait_capacity, time_point::max()};
+      if (!p) return hold(progress::wait_capacity, time_point::max());
       permit.emplace(std::move(p));
     }
     std::optional<typename balancer_type::lease> lease;
@@ -978,11 +1016,9 @@ class leveler {
       typename detail::leveler_cached_clock<Clock>::scope at_now(now);
       lease = pick(c, env);
     }
-    if (!lease) return {progress::wait_capacity, time_point::max()};
-    if (limiter_ && !limiter_->try_acquire(1, now)) return {progress::wait_rate, limiter_->available_at(1, now)};
-    auto job_env = std::move(env);
-    c.held.reset();
-    return {progress::progressed, run(c, std::move(job_env), std::move(*lease), std::move(permit), now)};
+    if (!lease) return hold(progress::wait_capacity, time_point::max());
+    if (limiter_ && !limiter_->try_acquire(1, now)) return hold(progress::wait_rate, limiter_->available_at(1, now));
+    return {progress::progressed, run(c, std::move(env), std::move(*lease), std::move(permit), now)};
   }
 
   // A retry prefers backends the job has not failed on. When none of those
@@ -1001,14 +1037,15 @@ class leveler {
   }
 
   // Runs one attempt and returns the time it ended.
-  time_point run(worker_ctx& c, envelope env, typename balancer_type::lease lease, std::optional<levee::permit> permit,
+  time_point run(worker_ctx& c, envelope&& env, typename balancer_type::lease&& lease_in, std::optional<levee::permit>&& permit,
                  time_point start) {
+    typename balancer_type::lease lease = std::move(lease_in);
     stats_shard& s = shard_of(c);
     const std::int64_t start_ns = to_ns(start);
     const auto& backend = lease.payload();
     s.inc(s.started);
     s.record(s.dwell, static_cast<std::uint64_t>(std::max<std::int64_t>(0, start_ns - to_ns(env.ready))));
-    s.dispatches.add(start_ns);
+    s.count_dispatch(start_ns);
     if (env.attempts == 0 && opts_.retry.max_attempts > 1) budget_.deposit(start_ns);
     ++env.attempts;
     s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -1046,12 +1083,12 @@ class leveler {
 
     if (result.ok()) {
       s.inc(s.succeeded, std::memory_order_release);
-      backend->succeeded.fetch_add(1, std::memory_order_relaxed);
+      s.inc(backend->counters[s.index].succeeded);
       finish_one(s);
       return end;
     }
     s.inc(s.failed);
-    backend->failed.fetch_add(1, std::memory_order_relaxed);
+    s.inc(backend->counters[s.index].failed);
     env.last_error = result.error();
     if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) env.failed_on.push_back(id);
     retry_or_dead_letter(c, s, std::move(env), end);
@@ -1304,8 +1341,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
       b.ejected = st.ejected;
       b.healthy = st.healthy;
       if (auto it = backends_.find(st.id); it != backends_.end()) {
-        b.succeeded = it->second->succeeded.load(std::memory_order_relaxed);
-        b.failed = it->second->failed.load(std::memory_order_relaxed);
+        b.succeeded = it->second->succeeded();
+        b.failed = it->second->failed();
         b.started = b.succeeded + b.failed + b.in_flight;
       }
       if (b.ejected) ++m.ejected_backends;

@@ -221,6 +221,15 @@ class leveler_window_counter {
     }
   }
 
+  // As add(), for a counter written by one thread only: a plain load and
+  // store instead of a CAS (readers still see whole words).
+  void add_exclusive(std::int64_t now_ns, std::uint64_t n = 1) noexcept {
+    const std::uint64_t e = epoch(now_ns);
+    auto& s = slots_[e % slots_.size()];
+    const std::uint64_t cur = s.load(std::memory_order_relaxed);
+    s.store(tag(cur) == (e & tag_mask) ? cur + n : ((e & tag_mask) << count_bits) | n, std::memory_order_relaxed);
+  }
+
   // Events in the `full` whole slots before the current one, plus the current
   // (partial) slot. Also returns the covered span in nanoseconds.
   struct window_sum {

@@ -159,6 +159,7 @@ TEST_CASE("close() racing 8 producers: accepted jobs all finish, later submits r
   std::atomic<bool> go{false};
   std::atomic<std::uint64_t> after_close_accepted{0};
   std::atomic<bool> closed{false};
+  std::atomic<std::size_t> submitted{0};
   std::vector<std::thread> ps;
   for (std::size_t p = 0; p < producers; ++p)
     ps.emplace_back([&, p] {
@@ -170,10 +171,16 @@ TEST_CASE("close() racing 8 producers: accepted jobs all finish, later submits r
         if (was_closed && r) after_close_accepted.fetch_add(1);
         if (was_closed) CHECK(r.status == levee::submit_status::closed);
         led.admit(id, r.accepted());
+        submitted.fetch_add(1);
+        // Keep submitting until close() is seen, so the race is real however fast the build is.
+        if (i + 1 == per_producer / 2)
+          while (!closed.load(std::memory_order_acquire)) std::this_thread::yield();
       }
     });
   go = true;
-  std::this_thread::sleep_for(LEVEE_TEST_SANITIZED ? 20ms : 5ms);
+  // Close while producers are mid-stream: at least a quarter of the submissions were made,
+  // and half of each producer's are still to come.
+  while (submitted.load() < producers * per_producer / 4) std::this_thread::yield();
   lev.close();
   closed.store(true, std::memory_order_release);
   for (auto& t : ps) t.join();

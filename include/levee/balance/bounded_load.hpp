@@ -52,7 +52,7 @@ class bounded_load {
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty()) return std::nullopt;
-    filter_data d{this, s.total_in_flight(), s.total_weight()};
+    filter_data d{this, &s, -1, s.total_weight()};
     {
       pick_context::filter_scope scope(ctx, pick_filter{&admit, &d});
       if (auto r = inner_.pick(s, t, ctx)) return r;
@@ -61,14 +61,24 @@ class bounded_load {
   }
 
  private:
+  // The total is read lazily: capacity() never decreases as the total grows
+  // and the total is at least the candidate's own load, so a candidate that
+  // fits with total = its own load fits with the real total too. Only a
+  // candidate that fails that test makes the pick read the real total
+  // (O(n) when the snapshot has no maintained counter), once per pick.
   struct filter_data {
     const bounded_load* self;
-    std::int64_t total;
+    const backend_snapshot* snap;
+    mutable std::int64_t total;  // < 0: not read yet
     std::uint64_t total_weight;
   };
   static bool admit(const void* p, const backend_snapshot& s, std::size_t i, pick_context&) {
     const auto* d = static_cast<const filter_data*>(p);
-    return s[i].load->load() + 1 <= d->self->capacity(s[i].weight, d->total, d->total_weight);
+    const std::int64_t load = s[i].load->load();
+    if (load + 1 <= d->self->capacity(s[i].weight, d->total < 0 ? load : d->total, d->total_weight)) return true;
+    if (d->total >= 0) return false;
+    d->total = d->snap->total_in_flight();
+    return load + 1 <= d->self->capacity(s[i].weight, d->total, d->total_weight);
   }
 
   S inner_;

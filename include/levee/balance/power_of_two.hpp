@@ -22,12 +22,28 @@ inline constexpr std::size_t max_choices = 16;
 inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table& t, pick_context& ctx, std::size_t d,
                                    std::array<std::size_t, max_choices>& out) {
   std::size_t k = 0;
+  std::size_t attempts = 4 * d + 8;
+  if (d == 2) {
+    // The loop below for its first two draws, unrolled: the common case
+    // (both eligible and distinct) runs with no inner loops.
+    const std::size_t a = t.draw(ctx.random());
+    --attempts;
+    if (ctx.eligible(s, a)) {
+      out[k++] = a;
+      const std::size_t b = t.draw(ctx.random());
+      --attempts;
+      if (b != a && ctx.eligible(s, b)) {
+        out[k++] = b;
+        return k;
+      }
+    }
+  }
   auto chosen = [&](std::size_t i) {
     for (std::size_t j = 0; j < k; ++j)
       if (out[j] == i) return true;
     return false;
   };
-  for (std::size_t attempts = 4 * d + 8; k < d && attempts > 0; --attempts) {
+  for (; k < d && attempts > 0; --attempts) {
     const std::size_t i = t.draw(ctx.random());
     if (chosen(i) || !ctx.eligible(s, i)) continue;
     out[k++] = i;
@@ -75,10 +91,11 @@ class power_of_two {
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
     std::size_t best = c[0];
-    std::int64_t best_load = s[best].load->load();
+    // load() < 2^32 and weights < 2^32, so the cross products fit in 64 bits.
+    auto best_load = static_cast<std::uint64_t>(s[best].load->load());
     for (std::size_t j = 1; j < k; ++j) {
-      const std::int64_t l = s[c[j]].load->load();
-      if (detail::compare_load(l, s[c[j]].weight, best_load, s[best].weight, 0) < 0) best = c[j], best_load = l;
+      const auto l = static_cast<std::uint64_t>(s[c[j]].load->load());
+      if (l * s[best].weight < best_load * s[c[j]].weight) best = c[j], best_load = l;
     }
     return best;
   }

@@ -33,6 +33,17 @@ class ring_hash {
     std::vector<std::uint64_t> hashes;  // sorted
     std::vector<std::uint32_t> owner;   // backend index per point
     std::vector<std::uint32_t> bucket;  // bucket b: first point with hash >> shift >= b (size buckets + 1)
+    // The pick's one-load fast path, per bucket: keys up to `split` (the
+    // first point at or after the bucket's start, or the last possible hash
+    // if none follows) go to `le`, larger ones to `gt` (the owner of the next
+    // point); gt == npos when the bucket holds two or more points.
+    struct slot {
+      std::uint64_t split;
+      std::uint32_t le;
+      std::uint32_t gt;
+    };
+    static constexpr std::uint32_t npos = ~std::uint32_t{0};
+    std::vector<slot> slots;
     unsigned shift = 64;
   };
 
@@ -72,6 +83,19 @@ class ring_hash {
       t.bucket[b] = static_cast<std::uint32_t>(j);
     }
     t.bucket[buckets] = static_cast<std::uint32_t>(t.hashes.size());
+    const std::size_t points = t.hashes.size();
+    t.slots.resize(buckets);
+    for (std::size_t b = 0; b < buckets; ++b) {
+      const std::size_t first = t.bucket[b], in_bucket = t.bucket[b + 1] - first;
+      auto& sl = t.slots[b];
+      if (first == points) {  // nothing at or after this bucket: every key wraps to point 0
+        sl = {~std::uint64_t{0}, t.owner[0], t.owner[0]};
+        continue;
+      }
+      sl.split = in_bucket == 0 ? ~std::uint64_t{0} : t.hashes[first];
+      sl.le = t.owner[first];
+      sl.gt = in_bucket >= 2 ? table_type::npos : t.owner[first + 1 == points ? 0 : first + 1];
+    }
     return t;
   }
 
@@ -80,14 +104,25 @@ class ring_hash {
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     const std::size_t points = t.hashes.size();
-    if (points == 0 || s.empty()) return std::nullopt;
+    if (points == 0 || s.empty() || t.slots.size() + 1 != t.bucket.size()) return std::nullopt;
     const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
     const std::size_t b = bucket_of(h, t.shift);
-    std::size_t j = t.bucket[b];
-    const std::size_t end = t.bucket[b + 1];
-    while (j < end && t.hashes[j] < h) ++j;
-    if (j == points) j = 0;
+    const auto& sl = t.slots[b];
+    const bool le = h <= sl.split;
+    const std::uint32_t o = le ? sl.le : sl.gt;
+    std::size_t j;
     std::size_t rejected = points;  // last owner found ineligible, to skip its runs cheaply
+    if (o != table_type::npos) {
+      if (ctx.eligible(s, o)) return o;
+      j = t.bucket[b] + (le ? 0 : 1);  // the point that owns h (o is its owner)
+      if (j >= points) j = 0;
+      rejected = o;
+    } else {
+      j = t.bucket[b] + 1;
+      const std::size_t end = t.bucket[b + 1];
+      while (j < end && t.hashes[j] < h) ++j;
+      if (j == points) j = 0;
+    }
     for (std::size_t step = 0; step < points; ++step) {
       const std::size_t i = t.owner[j];
       if (i != rejected) {

@@ -44,9 +44,7 @@ class peak_ewma {
 
   // The cost the strategy minimises, exposed for tests and diagnostics.
   [[nodiscard]] double cost(const backend_entry& e, std::int64_t now_ns) const noexcept {
-    const double est = e.load->latency_estimate(now_ns, decay_ns_, default_ns_);
-    const double pending = static_cast<double>(e.load->load() < 0 ? 0 : e.load->load());
-    return est * (pending + 1.0) / static_cast<double>(e.weight);
+    return cost_numerator(e, now_ns) / static_cast<double>(e.weight);
   }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
@@ -56,16 +54,24 @@ class peak_ewma {
     if (k == 0) return std::nullopt;
     if (k == 1) return c[0];
     const std::int64_t now = ctx.now();
+    // cost() without its division: a / wa < b / wb  <=>  a x wb < b x wa.
     std::size_t best = c[0];
-    double best_cost = cost(s[best], now);
+    double best_num = cost_numerator(s[best], now);
     for (std::size_t j = 1; j < k; ++j) {
-      const double cj = cost(s[c[j]], now);
-      if (cj < best_cost) best = c[j], best_cost = cj;
+      const double nj = cost_numerator(s[c[j]], now);
+      if (nj * static_cast<double>(s[best].weight) < best_num * static_cast<double>(s[c[j]].weight))
+        best = c[j], best_num = nj;
     }
     return best;
   }
 
  private:
+  // latency estimate x (in_flight + 1); load() is never negative.
+  [[nodiscard]] double cost_numerator(const backend_entry& e, std::int64_t now_ns) const noexcept {
+    const double est = e.load->latency_estimate(now_ns, decay_ns_, default_ns_);
+    return est * (static_cast<double>(e.load->load()) + 1.0);
+  }
+
   double decay_ns_;
   double default_ns_;
   std::size_t d_;

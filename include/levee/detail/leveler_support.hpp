@@ -223,8 +223,15 @@ class leveler_window_counter {
 
   // As add(), for a counter written by one thread only: a plain load and
   // store instead of a CAS (readers still see whole words).
+  // The writer remembers the current slot's time range, so consecutive adds
+  // within one slot skip the division.
   void add_exclusive(std::int64_t now_ns, std::uint64_t n = 1) noexcept {
-    const std::uint64_t e = epoch(now_ns);
+    if (now_ns < last_lo_ || now_ns >= last_hi_) {
+      last_e_ = epoch(now_ns);
+      last_lo_ = now_ns <= 0 ? std::numeric_limits<std::int64_t>::min() : static_cast<std::int64_t>(last_e_) * width_;
+      last_hi_ = static_cast<std::int64_t>(last_e_ + 1) * width_;
+    }
+    const std::uint64_t e = last_e_;
     auto& s = slots_[e % slots_.size()];
     const std::uint64_t cur = s.load(std::memory_order_relaxed);
     s.store(tag(cur) == (e & tag_mask) ? cur + n : ((e & tag_mask) << count_bits) | n, std::memory_order_relaxed);
@@ -262,6 +269,10 @@ class leveler_window_counter {
 
   std::int64_t width_;
   std::vector<std::atomic<std::uint64_t>> slots_;
+  // add_exclusive's cache: [last_lo_, last_hi_) maps to epoch last_e_.
+  std::int64_t last_lo_ = 0;
+  std::int64_t last_hi_ = 0;
+  std::uint64_t last_e_ = 0;
 };
 
 // A retry budget in the style of tower's TpsBudget: over a sliding 10 s

@@ -533,6 +533,10 @@ class leveler {
     space_.notify_always();
     work_.notify_always();
     const bool from_handler = in_handler();
+    // Jobs not yet started are cancelled before waiting for running handlers
+    // (workers may pop concurrently: each job is taken by exactly one
+    // thread); the second sweep catches what workers left behind.
+    cancel_everything_queued();
     for (auto& t : threads_) {
       if (!t.joinable()) continue;
       if (from_handler && t.get_id() == std::this_thread::get_id()) continue;

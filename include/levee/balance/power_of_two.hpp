@@ -26,11 +26,13 @@ inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table&
   if (d == 2) {
     // The loop below for its first two draws, unrolled: the common case
     // (both eligible and distinct) runs with no inner loops.
-    const std::size_t a = t.draw(ctx.random());
+    // Both draws from one 64-bit random number (alias_table::draw32).
+    const std::uint64_t x = ctx.random()();
+    const std::size_t a = t.draw32(static_cast<std::uint32_t>(x >> 32));
     --attempts;
     if (ctx.eligible(s, a)) {
       out[k++] = a;
-      const std::size_t b = t.draw(ctx.random());
+      const std::size_t b = t.draw32(static_cast<std::uint32_t>(x));
       --attempts;
       if (b != a && ctx.eligible(s, b)) {
         out[k++] = b;

@@ -57,6 +57,17 @@ class alias_table {
     return keep ? i : other;
   }
 
+  // A draw from 32 random bits: the column from the high half of u x n, the
+  // coin from its low half (uniform to within n / 2^32). Two of these share
+  // one 64-bit random number.
+  [[nodiscard]] std::size_t draw32(std::uint32_t u) const noexcept {
+    const std::uint64_t m = std::uint64_t{u} * alias_.size();
+    const auto i = static_cast<std::size_t>(m >> 32);
+    const std::size_t other = alias_[i];
+    const bool keep = (m & 0xffffffffULL) < threshold_[i];
+    return keep ? i : other;
+  }
+
  private:
   static constexpr std::uint64_t full = std::uint64_t{1} << 32;
   static std::uint64_t to_threshold(double p) noexcept {

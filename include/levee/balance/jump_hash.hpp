@@ -32,10 +32,8 @@ class jump_hash {
     while (j < n) {
       b = j;
       key = key * 2862933555777941757ULL + 1;
-      // (key >> 33) + 1 < 2^31: converting it as signed is exact and avoids
-      // the slow unsigned 64-bit to double sequence on x86-64.
       j = static_cast<std::int64_t>(static_cast<double>(b + 1) *
-                                    (0x1p31 / static_cast<double>(static_cast<std::int64_t>(key >> 33) + 1)));
+                                    (static_cast<double>(std::int64_t{1} << 31) / static_cast<double>((key >> 33) + 1)));
     }
     return static_cast<std::int32_t>(b);
   }

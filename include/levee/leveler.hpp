@@ -890,7 +890,9 @@ class leveler {
   bool push(envelope& env) { return queue_.try_push(std::move(env)); }
   std::optional<envelope> pop_queue() {
     auto e = queue_.try_pop();
-    if (e) space_.notify();
+    // Only a submit() under overflow_policy::block ever waits for room: with
+    // another policy the per-pop fence of notify() is skipped.
+    if (e && opts_.overflow == overflow_policy::block) space_.notify();
     return e;
   }
 

@@ -1,5 +1,5 @@
 // bench_queue: levee::mpmc_queue against every packaged competitor, in one
-// binary and one run. Workloads (see docs/bench-queue.md):
+// binary and one run. Workloads (see benchmarks/README.md):
 //   throughput  N producers + N consumers (N = 1, 2, 4, 8), capacity 1024,
 //               8-byte and 64-byte items, try_ mode and blocking mode;
 //   ping-pong   round trip between two threads through two queues;

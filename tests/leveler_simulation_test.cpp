@@ -4,7 +4,7 @@
 //
 // Scenario (the issue's): base load 500/s, rate r = 1000/s, burst b, a 10x
 // spike (arrivals at 10r) for S = 2 s, then base load again.
-// Formulas asserted (derivation in docs/leveler.md):
+// Formulas asserted (derivation in README.md, "Load-leveling properties"):
 //   peak backlog  B* = (10r - r) * S - b + 1
 //       (the spike brings 10r*S jobs; during it the gate dispatches the b
 //        jobs its full bucket allows at once plus one per emission interval

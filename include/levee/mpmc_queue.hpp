@@ -409,7 +409,7 @@ class mpmc_queue {
 
  private:
   // Slots are separated by a full cache line so neighbouring slots written
-  // by different threads never share one (measured: docs/bench-queue.md).
+  // by different threads never share one (measured: benchmarks/README.md).
   struct alignas(detail::cache_line_size) alignas(T) slot {
     explicit slot(std::uint64_t initial) noexcept : stamp(initial) {}
     T* ptr() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }

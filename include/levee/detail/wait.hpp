@@ -192,7 +192,7 @@ inline std::atomic<bool> force_symmetric_fence{false};
 
 // How a blocking operation waits before it parks: `spins` retries with a CPU
 // pause, then `yields` retries after std::this_thread::yield().
-// Defaults measured with bench_queue on a 2-core KVM guest (docs/bench-queue.md).
+// Defaults measured with bench_queue on a 2-core KVM guest (benchmarks/README.md).
 struct wait_tuning {
   unsigned spins = 16;
   unsigned yields = 128;

@@ -31,6 +31,8 @@
 
 #include <levee/balance.hpp>
 
+#include "bench_support.hpp"
+
 namespace {
 
 using clk = std::chrono::steady_clock;
@@ -38,18 +40,8 @@ using clk = std::chrono::steady_clock;
 bool smoke = false;
 int runs = 5;
 
-struct summary {
-  double median = 0, min = 0, max = 0;
-};
-summary summarize(std::vector<double> v) {
-  summary s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  return s;
-}
+using summary = levee_bench::stats;
+using levee_bench::summarize;
 
 std::uint32_t weight_of(std::size_t i) { return 1 + static_cast<std::uint32_t>(i % 4); }
 

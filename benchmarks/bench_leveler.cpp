@@ -15,6 +15,9 @@
 // Flags: --smoke (tiny counts, for CI), --runs N (default 5), --jobs N,
 //        --seconds S (pacing duration), --only overhead|pacing.
 // Output: Markdown tables, median / min / max over the runs.
+
+#include "bench_support.hpp"
+
 #include <levee/conformance.hpp>
 #include <levee/leveler.hpp>
 
@@ -110,20 +113,8 @@ class mutex_pool {
 
 // --------------------------------------------------------------- stats ----
 
-struct stats {
-  double median = 0, min = 0, max = 0;
-};
-
-stats summarize(std::vector<double> v) {
-  stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  s.min = v.front();
-  s.max = v.back();
-  return s;
-}
+using stats = levee_bench::stats;
+using levee_bench::summarize;
 
 std::string si(double v) {
   char buf[32];

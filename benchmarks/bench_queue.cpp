@@ -9,6 +9,8 @@
 // its ratio to the best competitor (not levee) of the same column.
 // Options: --smoke (tiny counts), --runs N, --filter SUBSTRING (queues whose
 // name contains it, plus levee), --only SECTION (throughput|try|blocking|pingpong|idle|bulk).
+#include "bench_support.hpp"
+
 #include <levee/detail/cache.hpp>
 #include <levee/detail/wait.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -262,20 +264,8 @@ struct xenium_adapter {
 
 // ---- statistics -------------------------------------------------------------
 
-struct stats {
-  double median = 0, min = 0, max = 0;
-  bool valid = false;
-};
-stats summarize(std::vector<double> v) {
-  stats s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  s.valid = true;
-  return s;
-}
+using stats = levee_bench::stats;
+using levee_bench::summarize;
 
 struct options {
   bool smoke = false;

@@ -42,6 +42,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.hpp"
+
 namespace {
 
 using sc = std::chrono::steady_clock;
@@ -51,18 +53,8 @@ bool smoke = false;
 int runs = 5;
 int only_table = 0;
 
-struct summary {
-  double median = 0, min = 0, max = 0;
-};
-summary summarize(std::vector<double> v) {
-  summary s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  s.min = v.front();
-  s.max = v.back();
-  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  return s;
-}
+using summary = levee_bench::stats;
+using levee_bench::summarize;
 
 std::int64_t ns_of(sc::time_point t) { return t.time_since_epoch().count(); }
 

@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -16,23 +18,13 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SLOW 1
-#endif
-#endif
-#ifndef LEVEE_TEST_SLOW
-#define LEVEE_TEST_SLOW 0
-#endif
 
 using namespace std::chrono_literals;
 
 namespace {
 
 // Sanitizer builds skip the largest capacity (its run is 640k samples).
-const std::vector<std::size_t> capacities = LEVEE_TEST_SLOW ? std::vector<std::size_t>{20, 100}
+const std::vector<std::size_t> capacities = LEVEE_TEST_SANITIZED ? std::vector<std::size_t>{20, 100}
                                                             : std::vector<std::size_t>{20, 100, 400};
 
 // A downstream with `capacity` servers and base latency `base`: a request

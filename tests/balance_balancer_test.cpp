@@ -2,6 +2,8 @@
 // through the facade, and concurrent picks during membership changes.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -16,17 +18,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
+constexpr bool sanitized = LEVEE_TEST_SANITIZED != 0;
 
 std::int64_t in_flight_of(const std::vector<levee::backend_stats>& st, levee::backend_id id) {
   for (const auto& s : st)

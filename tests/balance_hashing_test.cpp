@@ -2,6 +2,8 @@
 // ring_hash, maglev, rendezvous, jump_hash and bounded_load. Seeded.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -13,17 +15,7 @@
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
+constexpr bool sanitized = LEVEE_TEST_SANITIZED != 0;
 
 const std::size_t keys = sanitized ? 50000 : 1000000;
 

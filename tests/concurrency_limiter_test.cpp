@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
@@ -10,16 +12,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SLOW 1
-#endif
-#endif
-#ifndef LEVEE_TEST_SLOW
-#define LEVEE_TEST_SLOW 0
-#endif
 
 using namespace std::chrono_literals;
 using levee::concurrency_limiter;
@@ -93,7 +85,7 @@ TEST_CASE("the limit holds under 8 threads, blocking and try paths; all permits 
   concurrency_limiter cl(limit);
   std::atomic<int> inside{0}, max_inside{0};
   std::atomic<long> done{0};
-  const int iters = LEVEE_TEST_SLOW ? 2000 : 20000;
+  const int iters = LEVEE_TEST_SANITIZED ? 2000 : 20000;
   auto body = [&] {
     const int now = inside.fetch_add(1) + 1;
     int m = max_inside.load();

@@ -17,6 +17,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -28,16 +30,6 @@
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SANITIZED 1
-#endif
-#endif
-#ifndef LEVEE_TEST_SANITIZED
-#define LEVEE_TEST_SANITIZED 0
-#endif
 
 namespace {
 

@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -18,16 +20,6 @@
 
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SANITIZED 1
-#endif
-#endif
-#ifndef LEVEE_TEST_SANITIZED
-#define LEVEE_TEST_SANITIZED 0
-#endif
 
 namespace {
 

@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -17,19 +19,12 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SANITIZED 1
-#endif
-#endif
 
 namespace {
 
 using namespace std::chrono_literals;
 
-#if defined(LEVEE_TEST_SANITIZED)
+#if LEVEE_TEST_SANITIZED
 constexpr int scale = 5;
 #else
 constexpr int scale = 1;

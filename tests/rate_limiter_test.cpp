@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -15,16 +17,6 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define LEVEE_TEST_SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define LEVEE_TEST_SLOW 1
-#endif
-#endif
-#ifndef LEVEE_TEST_SLOW
-#define LEVEE_TEST_SLOW 0
-#endif
 
 using namespace std::chrono_literals;
 using levee::manual_clock;
@@ -34,7 +26,7 @@ using tp = manual_clock::time_point;
 
 namespace {
 
-constexpr std::size_t scaled(std::size_t n) { return LEVEE_TEST_SLOW ? n / 8 : n; }
+constexpr std::size_t scaled(std::size_t n) { return LEVEE_TEST_SANITIZED ? n / 8 : n; }
 
 tp at_ns(std::int64_t ns) { return tp(std::chrono::nanoseconds(ns)); }
 

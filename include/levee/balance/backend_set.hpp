@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../detail/cache.hpp"
+#include "../detail/math.hpp"
 
 namespace levee {
 
@@ -64,22 +65,29 @@ struct alignas(detail::cache_line_size) load_cell {
   // Folds one latency sample into the peak-EWMA (Finagle/tower semantics): a
   // sample above the estimate replaces it at once; otherwise the estimate
   // moves towards the sample with weight 1 - exp(-dt/decay), dt = time since
-  // the previous sample. Lock-free; concurrent samples each apply their own
-  // share of the elapsed time.
+  // the previous sample. Lock-free and without read-modify-write (this runs
+  // once per finished job, on a line that every worker finishing on this
+  // backend writes): the stamp and the estimate are each loaded and stored.
+  // Exact when samples are serialised; two samples finishing at the same
+  // instant on different threads may overwrite each other (one of them is
+  // kept), which an estimate can afford and a per-job RMW pair could not.
   void record_latency(std::int64_t latency_ns, std::int64_t now_ns, double decay_ns) noexcept {
     const double sample = static_cast<double>(latency_ns < 0 ? 0 : latency_ns);
-    const std::int64_t prev = latency_stamp_ns.exchange(now_ns, std::memory_order_acq_rel);
+    const std::int64_t prev = latency_stamp_ns.load(std::memory_order_relaxed);
     if (prev == no_sample) {
-      latency_ewma_ns.store(sample, std::memory_order_release);
+      latency_ewma_ns.store(sample, std::memory_order_relaxed);
+      latency_stamp_ns.store(now_ns, std::memory_order_release);
       return;
     }
-    const double dt = prev < now_ns ? static_cast<double>(now_ns - prev) : 0.0;
-    const double keep = decay_ns > 0 ? std::exp(-dt / decay_ns) : 0.0;
-    double cur = latency_ewma_ns.load(std::memory_order_relaxed);
-    for (;;) {
-      const double next = sample > cur ? sample : cur * keep + sample * (1.0 - keep);
-      if (latency_ewma_ns.compare_exchange_weak(cur, next, std::memory_order_acq_rel, std::memory_order_relaxed)) return;
+    const double cur = latency_ewma_ns.load(std::memory_order_relaxed);
+    double next = sample;
+    if (sample <= cur) {
+      const double dt = prev < now_ns ? static_cast<double>(now_ns - prev) : 0.0;
+      const double keep = decay_ns > 0 ? detail::exp_neg(dt / decay_ns) : 0.0;
+      next = cur * keep + sample * (1.0 - keep);
     }
+    latency_ewma_ns.store(next, std::memory_order_relaxed);
+    if (now_ns > prev) latency_stamp_ns.store(now_ns, std::memory_order_release);
   }
 
   // The estimate at `now`: decays towards zero while no sample arrives (so an
@@ -89,7 +97,7 @@ struct alignas(detail::cache_line_size) load_cell {
     if (stamp == no_sample) return default_ns;
     const double est = latency_ewma_ns.load(std::memory_order_relaxed);
     if (now_ns <= stamp || decay_ns <= 0) return est;
-    return est * std::exp(-static_cast<double>(now_ns - stamp) / decay_ns);
+    return est * detail::exp_neg(static_cast<double>(now_ns - stamp) / decay_ns);
   }
 
   // True while ejected at `now` (an expired ejection counts as not ejected).

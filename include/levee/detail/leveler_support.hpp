@@ -4,6 +4,7 @@
 #pragma once
 
 #include <levee/clock.hpp>
+#include <levee/detail/wait.hpp>
 
 #include <algorithm>
 #include <array>
@@ -17,17 +18,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__)
-#define LEVEE_DETAIL_LEVELER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define LEVEE_DETAIL_LEVELER_TSAN 1
-#endif
-#endif
-#ifndef LEVEE_DETAIL_LEVELER_TSAN
-#define LEVEE_DETAIL_LEVELER_TSAN 0
-#endif
-
 namespace levee::detail {
 
 // A "something changed, look again" event with a timed wait on the owner's
@@ -36,12 +26,19 @@ namespace levee::detail {
 //   if (condition()) ev.cancel();   // re-check after announcing
 //   else ev.wait_until(t, deadline);
 // and by a notifier: make the condition true, then ev.notify().
-// notify() costs one fence and one load when nobody waits.
+// notify() costs one load (and, without membarrier, one fence) when nobody
+// waits.
 //
-// Memory ordering: prepare() is a seq_cst RMW followed by a seq_cst fence;
-// notify() issues a seq_cst fence before reading the waiter count. By the
-// fence-fence rule either the notifier sees the waiter (and wakes it) or the
-// waiter's re-check sees everything the notifier did before notify().
+// Memory ordering: prepare() is a seq_cst RMW on the waiter count followed by
+// a full barrier; notify() passes a full barrier before reading the count. By
+// the fence-fence rule either the notifier sees the waiter (and wakes it) or
+// the waiter's re-check sees everything the notifier did before notify().
+// On Linux with a real clock the barrier pair is asymmetric, as in
+// mpmc_queue's event count (detail/wait.hpp): the waiter's membarrier()
+// makes every running thread of the process pass a full barrier, so the
+// notifier - a submit or a finished job, millions of times a second - needs
+// only a compiler barrier, while the waiter, about to park anyway, pays the
+// system call. Otherwise both sides use seq_cst fences.
 // ThreadSanitizer does not model fences, so under TSan the notifier reads the
 // count with an acq_rel RMW instead (equally correct: RMWs on the count are
 // totally ordered, and whichever comes second synchronises with the first).
@@ -50,15 +47,22 @@ class leveler_event {
  public:
   using time_point = typename Clock::time_point;
 
-  explicit leveler_event(Clock c) : clock_(std::move(c)) {}
+  explicit leveler_event(Clock c)
+      : clock_(std::move(c)),
+        asymmetric_(!waitable_clock<Clock> && !LEVEE_DETAIL_TSAN && asymmetric_fence_available() &&
+                    !force_symmetric_fence.load(std::memory_order_relaxed)) {}
   leveler_event(const leveler_event&) = delete;
   leveler_event& operator=(const leveler_event&) = delete;
 
   [[nodiscard]] std::uint64_t prepare() noexcept {
     waiters_.fetch_add(1, std::memory_order_seq_cst);
-#if !LEVEE_DETAIL_LEVELER_TSAN
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (asymmetric_) {
+      heavy_fence();
+    } else {
+#if !LEVEE_DETAIL_TSAN
+      std::atomic_thread_fence(std::memory_order_seq_cst);
 #endif
+    }
     return generation_.load(std::memory_order_seq_cst);
   }
 
@@ -118,7 +122,11 @@ class leveler_event {
 
  private:
   [[nodiscard]] bool anyone_waiting() noexcept {
-#if LEVEE_DETAIL_LEVELER_TSAN
+    if (asymmetric_) {
+      light_fence();
+      return waiters_.load(std::memory_order_relaxed) != 0;
+    }
+#if LEVEE_DETAIL_TSAN
     return waiters_.fetch_add(0, std::memory_order_acq_rel) != 0;
 #else
     std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -127,6 +135,7 @@ class leveler_event {
   }
 
   [[no_unique_address]] Clock clock_;
+  const bool asymmetric_;
   std::atomic<std::uint64_t> waiters_{0};
   std::atomic<std::uint64_t> generation_{0};
   std::mutex mutex_;

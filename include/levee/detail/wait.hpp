@@ -29,6 +29,19 @@
 #include <immintrin.h>
 #endif
 
+// ThreadSanitizer does not model fences or membarrier(): code that relies
+// on them takes a read-modify-write path instead when this is 1.
+#if defined(__SANITIZE_THREAD__)
+#define LEVEE_DETAIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LEVEE_DETAIL_TSAN 1
+#endif
+#endif
+#ifndef LEVEE_DETAIL_TSAN
+#define LEVEE_DETAIL_TSAN 0
+#endif
+
 namespace levee::detail {
 
 // One spin-wait hint: lets the sibling hyper-thread run and keeps a spinning

@@ -55,7 +55,10 @@ struct alignas(detail::cache_line_size) load_cell {
   static constexpr std::int64_t owner_unit = std::int64_t{1} << 32;
   std::atomic<double> latency_ewma_ns{0.0};          // peak-EWMA of latency, valid if stamp != no_sample
   std::atomic<std::int64_t> latency_stamp_ns{no_sample};
-  std::atomic<std::uint32_t> consecutive_failures{0};
+  // The fields above change with every job; the ones below rarely (failure
+  // streaks, ejections). A line of their own keeps picks, which read them,
+  // from missing in cache each time another thread finishes a job here.
+  alignas(detail::cache_line_size) std::atomic<std::uint32_t> consecutive_failures{0};
   std::atomic<std::uint32_t> ejections{0};           // ejections so far (backoff multiplier)
   std::atomic<std::int64_t> eject_state{0};
   std::atomic<std::int64_t> recovered_at_ns{no_sample}; // last return from ejection (slow start origin)

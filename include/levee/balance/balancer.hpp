@@ -42,7 +42,10 @@ struct backend_stats {
   std::uint32_t tier = 0;
   std::size_t max_in_flight = 0;
   std::int64_t in_flight = 0;
-  std::chrono::nanoseconds latency_ewma{0};  // peak-EWMA at the time of the call; 0 without samples
+  // Peak-EWMA at the time of the call; 0 without samples. Fed by every
+  // finished lease when the strategy reads latency (peak_ewma), otherwise by
+  // one in 16 per thread (see lease::finish).
+  std::chrono::nanoseconds latency_ewma{0};
   bool ejected = false;                      // by outlier detection
   bool healthy = true;                       // the set_healthy mark
 };
@@ -290,6 +293,25 @@ class balancer {
 
  private:
   static constexpr bool track_total = strategy_traits<composed_type>::needs_total_load;
+  static constexpr bool reads_latency = requires(const composed_type& c) { c.latency_decay(); };
+
+  // Whether this finished lease feeds the backend's latency EWMA. Strategies
+  // that read it (peak_ewma) get every sample. For the others the EWMA only
+  // serves stats(), and one sample in 16 per thread keeps it current without
+  // a write to the backend's hot cache line on every job.
+  static bool feed_latency() noexcept {
+    if constexpr (reads_latency) {
+      return true;
+    } else {
+      thread_local unsigned countdown = 0;
+      if (countdown != 0) {
+        --countdown;
+        return false;
+      }
+      countdown = 15;
+      return true;
+    }
+  }
 
   struct shared_state {
     shared_state(Clock c, std::shared_ptr<outlier_detector> d, double decay)
@@ -439,7 +461,9 @@ class balancer {
     [[nodiscard]] bool finished() const noexcept { return done_; }
 
     // Records the result; a second call does nothing. Lock-free; reads the
-    // balancer's clock once. Memory ordering: the in-flight decrement is a
+    // balancer's clock once. The latency feeds the backend's EWMA every time
+    // if the strategy reads it (peak_ewma), else once in 16 finishes per
+    // thread (the EWMA then only serves stats()). Memory ordering: the in-flight decrement is a
     // release that follows the latency and outcome updates, so a pick that
     // sees the lower count also sees this job's feedback; load counters are
     // otherwise relaxed statistics.
@@ -448,12 +472,31 @@ class balancer {
       done_ = true;
       shared_state& sh = *n_->shared;
       const std::int64_t now = sh.now_ns();
-      n_->cell.record_latency(latency.count(), now, sh.decay_ns);
+      if (feed_latency()) n_->cell.record_latency(latency.count(), now, sh.decay_ns);
       sh.detector->record(n_->cell, o, now);
       // One RMW turns the in-flight slot into an owner reference, so the
       // payload stays alive until the lease is destroyed.
       n_->cell.in_flight.fetch_add(load_cell::owner_unit - 1, std::memory_order_release);
       if constexpr (track_total) n_->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    }
+
+    // finish() and destruction in one step: records the result and releases
+    // the lease, which is empty afterwards (payload() must not be used).
+    // Costs one read-modify-write on the backend's count where finish() plus
+    // destruction cost two. On a finished lease it only releases it.
+    void finish_and_release(outcome o, std::chrono::nanoseconds latency) noexcept {
+      if (n_ == nullptr) return;
+      if (done_) {
+        reset();
+        return;
+      }
+      node* n = std::exchange(n_, nullptr);
+      shared_state& sh = *n->shared;
+      const std::int64_t now = sh.now_ns();
+      if (feed_latency()) n->cell.record_latency(latency.count(), now, sh.decay_ns);
+      sh.detector->record(n->cell, o, now);
+      if constexpr (track_total) sh.total_in_flight.fetch_sub(1, std::memory_order_relaxed);
+      release(n, 1);  // the slot; a release, so a pick that sees the lower count also sees the feedback
     }
 
    private:

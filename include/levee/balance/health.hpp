@@ -85,7 +85,9 @@ class outlier_detector {
   // also sees the ejection.
   void record(load_cell& c, outcome o, std::int64_t now_ns) noexcept {
     if (o == outcome::success) {
-      c.consecutive_failures.store(0, std::memory_order_relaxed);
+      // Load first: a healthy backend's streak is already 0, and a store
+      // would take the cache line away from the other threads finishing on it.
+      if (c.consecutive_failures.load(std::memory_order_relaxed) != 0) c.consecutive_failures.store(0, std::memory_order_relaxed);
       if (c.ejections.load(std::memory_order_relaxed) != 0) {
         const std::int64_t rec = c.recovered_at_ns.load(std::memory_order_relaxed);
         if (rec != load_cell::no_sample && now_ns - rec >= o_.max_ejection.count())

@@ -641,14 +641,25 @@ class leveler {
   static constexpr std::chrono::nanoseconds rate_slot{std::chrono::milliseconds{100}};
   static constexpr std::size_t rate_slots = 12;
 
+  // What a failed attempt leaves behind; allocated on the first failure only.
+  struct failure_state {
+    std::vector<backend_id> failed_on;
+    std::exception_ptr last_error;
+  };
+
+  // A job and its bookkeeping, as it travels through the queue. Kept small:
+  // with a pointer-sized Job an envelope and the queue's stamp share one
+  // cache line, so a submit and a dispatch touch one line of the ring.
   struct envelope {
     Job job;
-    std::optional<std::uint64_t> key;
+    std::uint64_t key = 0;
     time_point deadline = time_point::max();
     time_point ready{};  // enqueued, or retry backoff elapsed
     std::uint32_t attempts = 0;
-    std::vector<backend_id> failed_on;
-    std::exception_ptr last_error;
+    bool has_key = false;
+    std::unique_ptr<failure_state> failure;
+
+    [[nodiscard]] std::exception_ptr last_error() const { return failure ? failure->last_error : nullptr; }
   };
 
   struct retry_item {
@@ -834,7 +845,7 @@ class leveler {
       if (opts_.deadline_admission ? !admissible(deadline, now) : deadline < now)
         return reject(std::move(job), submit_status::would_miss_deadline);
     }
-    envelope env{std::move(job), jo.key, deadline, now, 0, {}, nullptr};
+    envelope env{std::move(job), jo.key.value_or(0), deadline, now, 0, jo.key.has_value(), nullptr};
     // Counted before the push so that no snapshot ever shows a job finished
     // before it was accepted; undone if the push finally fails.
     const std::uint64_t seq = door_.accepted.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -931,7 +942,7 @@ class leveler {
     }
     if (opts_.dead_letter) {
       try {
-        opts_.dead_letter(std::move(env.job), reason, env.last_error);
+        opts_.dead_letter(std::move(env.job), reason, env.last_error());
       } catch (...) {
         s.inc(s.sink_errors);
       }
@@ -1032,10 +1043,11 @@ class leveler {
   // falls back to any eligible backend rather than stall.
   std::optional<typename balancer_type::lease> pick(worker_ctx& c, const envelope& env) {
     pick_request req;
-    req.key = env.key;
+    if (env.has_key) req.key = env.key;
     req.random = &c.pick_rng;
-    if (!env.failed_on.empty()) {
-      req.exclude = std::span<const backend_id>(env.failed_on.data(), env.failed_on.size());
+    if (env.failure && !env.failure->failed_on.empty()) {
+      const auto& tried = env.failure->failed_on;
+      req.exclude = std::span<const backend_id>(tried.data(), tried.size());
       if (auto l = balancer_.try_pick(req)) return l;
       req.exclude = {};
     }
@@ -1071,9 +1083,12 @@ class leveler {
     const auto service = std::max(std::chrono::nanoseconds{0}, std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
     s.record(s.service, static_cast<std::uint64_t>(service.count()));
     const backend_id id = lease.id();
+    // Per-backend outcome counters while the lease still keeps the backend
+    // alive; then feedback and release in one step.
+    s.inc(result.ok() ? backend->counters[s.index].succeeded : backend->counters[s.index].failed);
     {
       typename detail::leveler_cached_clock<Clock>::scope at_end(end);
-      lease.finish(result.ok() ? outcome::success : outcome::failure, service);
+      lease.finish_and_release(result.ok() ? outcome::success : outcome::failure, service);
     }
     if (permit) permit->release();
     if (adaptive_) {
@@ -1089,14 +1104,19 @@ class leveler {
 
     if (result.ok()) {
       s.inc(s.succeeded, std::memory_order_release);
-      s.inc(backend->counters[s.index].succeeded);
       finish_one(s);
       return end;
     }
     s.inc(s.failed);
-    s.inc(backend->counters[s.index].failed);
-    env.last_error = result.error();
-    if (std::find(env.failed_on.begin(), env.failed_on.end(), id) == env.failed_on.end()) env.failed_on.push_back(id);
+    try {
+      if (!env.failure) env.failure = std::make_unique<failure_state>();
+      env.failure->last_error = result.error();
+      auto& tried = env.failure->failed_on;
+      if (std::find(tried.begin(), tried.end(), id) == tried.end()) tried.push_back(id);
+    } catch (const std::bad_alloc&) {
+      // Out of memory for the bookkeeping: the retry may land on the same
+      // backend, and the error may be lost; the job itself is not.
+    }
     retry_or_dead_letter(c, s, std::move(env), end);
     return end;
   }

@@ -569,6 +569,55 @@ TEST_CASE("metrics of a live leveler render as Prometheus text") {
   CHECK(text.find("app_backend_started_total{backend=\"1\"} 50\n") != std::string::npos);
 }
 
+TEST_CASE("arrival rate: submissions (accepted or not) per second over the last second, also when sparse") {
+  levee::manual_clock clk;
+  auto o = sim_options();
+  o.capacity = 10'000;
+  sim_t lev(o, [](int&) {}, clk);
+  CHECK(lev.metrics().arrival_rate == 0.0);
+  clk.advance(5s);  // the window never reaches back before the leveler existed
+  // 200 submissions per second for 3 s: one every 5 ms.
+  for (int i = 0; i < 600; ++i) {
+    REQUIRE(lev.try_submit(i));
+    clk.advance(5ms);
+  }
+  CHECK(lev.metrics().arrival_rate == doctest::Approx(200.0).epsilon(0.01));
+  // Rejected submissions are arrivals too.
+  lev.close();
+  for (int i = 0; i < 100; ++i) {
+    CHECK(lev.try_submit(i).status == levee::submit_status::closed);
+    clk.advance(5ms);
+  }
+  CHECK(lev.metrics().arrival_rate == doctest::Approx(200.0).epsilon(0.01));
+  // Silence: the estimate decays to 0 once the window holds no submission.
+  clk.advance(1500ms);
+  CHECK(lev.metrics().arrival_rate == 0.0);
+  // One lone submission after the silence: 1 over the window's span.
+  CHECK(lev.try_submit(1).status == levee::submit_status::closed);
+  const auto m = lev.metrics();
+  CHECK(m.arrival_rate > 0.0);
+  CHECK(m.arrival_rate <= 1.0 / 1.0 + 1e-9);
+}
+
+TEST_CASE("measurement clock: cheap steady_clock readings stay within a microsecond of the real clock") {
+  // Spins (no sleep) for 60 ms of real time so that the counter's ratio gets
+  // calibrated (>= 20 ms) and several 250 us re-anchoring windows pass.
+  using sc = std::chrono::steady_clock;
+  const auto end = sc::now() + 60ms;
+  std::int64_t worst_below = 0, worst_above = 0;
+  long n = 0;
+  for (auto before = sc::now(); before < end; before = sc::now(), ++n) {
+    const auto m = levee::detail::measurement_now();
+    const auto after = sc::now();
+    worst_below = std::max<std::int64_t>(worst_below, (before - m).count());
+    worst_above = std::max<std::int64_t>(worst_above, (m - after).count());
+  }
+  INFO("readings: " << n << ", worst below: " << worst_below << " ns, worst above: " << worst_above << " ns");
+  CHECK(n > 1000);
+  CHECK(worst_below < 1000);
+  CHECK(worst_above < 1000);
+}
+
 TEST_CASE("keys give affinity with hashing strategies: the same key always lands on the same backend") {
   auto check = [](auto tag) {
     using S = decltype(tag);

@@ -284,6 +284,66 @@ class leveler_window_counter {
   std::uint64_t last_e_ = 0;
 };
 
+// Arrival-rate estimation without a read-modify-write per submission: the
+// submission counters are exact, so it is enough to know their value at the
+// start of each time slot. For every slot this keeps the count at the first
+// submission that saw the slot (no submission happened between the slot's
+// start and that one, so that is the count at the slot's start). While the
+// current slot is already recorded, observe() costs one relaxed load; the
+// first submission of a slot takes a mutex (once per slot width).
+class leveler_arrival_log {
+ public:
+  leveler_arrival_log(std::chrono::nanoseconds width, std::size_t slots) : width_(width.count()), obs_(slots) {}
+
+  // `count()` returns the number of submissions before this one.
+  template <class Count>
+  void observe(std::int64_t now_ns, Count&& count) {
+    if (now_ns < next_ns_.load(std::memory_order_relaxed)) [[likely]] return;
+    std::lock_guard lock(mutex_);
+    if (now_ns < next_ns_.load(std::memory_order_relaxed)) return;
+    const std::uint64_t e = epoch(now_ns);
+    obs_[e % obs_.size()] = observation{e, count(), true};
+    next_ns_.store(static_cast<std::int64_t>(e + 1) * width_, std::memory_order_relaxed);
+  }
+
+  // Submissions since the start of the slot `full` slots before the current
+  // one (total_now: the count now), and the time covered.
+  struct window_sum {
+    std::uint64_t count = 0;
+    std::int64_t span_ns = 0;
+  };
+  [[nodiscard]] window_sum sum(std::int64_t now_ns, std::size_t full, std::uint64_t total_now) const {
+    full = std::min(full, obs_.size() - 1);
+    const std::uint64_t e = epoch(now_ns);
+    const std::uint64_t first = e >= full ? e - full : 0;
+    window_sum r;
+    r.span_ns = std::max<std::int64_t>(now_ns, 0) - static_cast<std::int64_t>(first) * width_;
+    std::lock_guard lock(mutex_);
+    for (std::uint64_t k = first; k <= e; ++k) {
+      const observation& o = obs_[k % obs_.size()];
+      if (o.valid && o.epoch == k) {
+        r.count = total_now >= o.count ? total_now - o.count : 0;
+        break;
+      }
+    }
+    return r;
+  }
+
+ private:
+  struct observation {
+    std::uint64_t epoch = 0;
+    std::uint64_t count = 0;
+    bool valid = false;
+  };
+  std::uint64_t epoch(std::int64_t now_ns) const noexcept {
+    return now_ns <= 0 ? 0 : static_cast<std::uint64_t>(now_ns / width_);
+  }
+  std::int64_t width_;
+  std::atomic<std::int64_t> next_ns_{std::numeric_limits<std::int64_t>::min()};
+  mutable std::mutex mutex_;
+  std::vector<observation> obs_;  // guarded by mutex_
+};
+
 // A retry budget in the style of tower's TpsBudget: over a sliding 10 s
 // window, retries may not exceed min_per_second * 10 + ratio * first attempts.
 // Deposit and withdrawal are each one CAS; the check-then-withdraw pair is

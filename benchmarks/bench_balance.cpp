@@ -14,7 +14,9 @@
 //     backends is removed; ideal 0.01).
 // Every time cell is the median of --runs runs (default 5) with [min-max],
 // and "x b" = baseline median / this median (higher = faster than baseline).
-// Options: --smoke (tiny counts, a few seconds), --runs N.
+// Options: --smoke (tiny counts, a few seconds), --runs N, --only NAME (only
+// the strategies whose name contains NAME; repeatable), --pick-only (skip the
+// balancer cycles, the build timings and the quality table: for profiling).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,7 +40,9 @@ namespace {
 using clk = std::chrono::steady_clock;
 
 bool smoke = false;
+bool pick_only = false;
 int runs = 5;
+std::vector<std::string> only;
 
 using summary = levee_bench::stats;
 using levee_bench::summarize;
@@ -239,9 +243,10 @@ row make_row(const char* name, S proto, bool exempt, bool keyed, bool builds_tab
       for (int th : {1, 2}) {
         const std::string k = std::to_string(n) + "/" + std::to_string(th);
         self.cells["s" + k].push_back(time_strategy(proto, n, th, exempt));
-        self.cells["b" + k].push_back(time_balancer(proto, n, th, exempt));
+        if (!pick_only) self.cells["b" + k].push_back(time_balancer(proto, n, th, exempt));
       }
   };
+  if (pick_only) return r;
   if (builds_table) r.measure_build = [proto](row& self) { self.build_ns.push_back(time_build(proto, 1000)); };
   r.q = quality(proto, keyed);
   return r;
@@ -253,22 +258,29 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--smoke") == 0) smoke = true;
     else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
+    else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only.emplace_back(argv[++i]);
+    else if (std::strcmp(argv[i], "--pick-only") == 0) pick_only = true;
   }
+  // Rows are made (and their quality measured) only when selected.
+  auto wanted = [](const char* name) {
+    if (only.empty()) return true;
+    return std::any_of(only.begin(), only.end(), [&](const std::string& o) { return std::strstr(name, o.c_str()) != nullptr; });
+  };
   if (smoke) runs = std::min(runs, 2);
 
   std::vector<row> rows;
-  rows.push_back(make_row("round_robin", levee::round_robin(1), false, false, false));
-  rows.push_back(make_row("weighted_round_robin", levee::weighted_round_robin(1), false, false, true));
-  rows.push_back(make_row("random", levee::random{}, false, false, false));
-  rows.push_back(make_row("weighted_random", levee::weighted_random{}, false, false, true));
-  rows.push_back(make_row("least_loaded", levee::least_loaded{}, true, false, false));
-  rows.push_back(make_row("power_of_two", levee::power_of_two{}, false, false, true));
-  rows.push_back(make_row("peak_ewma", levee::peak_ewma{}, false, false, true));
-  rows.push_back(make_row("ring_hash", levee::ring_hash{}, false, true, true));
-  rows.push_back(make_row("maglev", levee::maglev{}, false, true, true));
-  rows.push_back(make_row("rendezvous", levee::rendezvous{}, true, true, false));
-  rows.push_back(make_row("jump_hash", levee::jump_hash{}, false, true, false));
-  rows.push_back(make_row("bounded_load<ring_hash>", levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), false, true, true));
+  if (wanted("round_robin")) rows.push_back(make_row("round_robin", levee::round_robin(1), false, false, false));
+  if (wanted("weighted_round_robin")) rows.push_back(make_row("weighted_round_robin", levee::weighted_round_robin(1), false, false, true));
+  if (wanted("random")) rows.push_back(make_row("random", levee::random{}, false, false, false));
+  if (wanted("weighted_random")) rows.push_back(make_row("weighted_random", levee::weighted_random{}, false, false, true));
+  if (wanted("least_loaded")) rows.push_back(make_row("least_loaded", levee::least_loaded{}, true, false, false));
+  if (wanted("power_of_two")) rows.push_back(make_row("power_of_two", levee::power_of_two{}, false, false, true));
+  if (wanted("peak_ewma")) rows.push_back(make_row("peak_ewma", levee::peak_ewma{}, false, false, true));
+  if (wanted("ring_hash")) rows.push_back(make_row("ring_hash", levee::ring_hash{}, false, true, true));
+  if (wanted("maglev")) rows.push_back(make_row("maglev", levee::maglev{}, false, true, true));
+  if (wanted("rendezvous")) rows.push_back(make_row("rendezvous", levee::rendezvous{}, true, true, false));
+  if (wanted("jump_hash")) rows.push_back(make_row("jump_hash", levee::jump_hash{}, false, true, false));
+  if (wanted("bounded_load<ring_hash>")) rows.push_back(make_row("bounded_load<ring_hash>", levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), false, true, true));
 
   std::map<std::string, std::vector<double>> base;
   for (int run = 0; run < runs; ++run) {
@@ -302,7 +314,8 @@ int main(int argc, char** argv) {
         const double b = summarize(base[k]).median;
         for (const char* lvl : {"s", "b"}) {
           const auto s = summarize(r.cells[lvl + k]);
-          std::printf(" %.1f [%.1f-%.1f] x%.1f |", s.median, s.min, s.max, b / s.median);
+          if (!s.valid) std::printf(" – |");
+          else std::printf(" %.1f [%.1f-%.1f] x%.1f |", s.median, s.min, s.max, b / s.median);
         }
       }
       std::printf("\n");
@@ -313,12 +326,15 @@ int main(int argc, char** argv) {
   std::printf("| strategy | pick x baseline | balancer cycle x baseline | pick N=1024 / N=8 | verdict (pick) |\n|---|---|---|---|---|\n");
   for (auto& r : rows) {
     const double b = summarize(base["64/1"]).median;
-    const double p = summarize(r.cells["s64/1"]).median, c = summarize(r.cells["b64/1"]).median;
+    const double p = summarize(r.cells["s64/1"]).median;
+    const auto cs = summarize(r.cells["b64/1"]);
+    const double c = cs.valid ? cs.median : std::nan("");
     const double growth = summarize(r.cells["s1024/1"]).median / summarize(r.cells["s8/1"]).median;
     std::printf("| %s | x%.1f | x%.1f | %.2f | %s |\n", r.name.c_str(), b / p, b / c, growth,
                 r.exempt ? "exempt (O(n) by design)" : (b / p >= 5 ? "meets" : "MISSES"));
   }
 
+  if (pick_only) return 0;
   std::printf("\n### Snapshot rebuild (build()) at N = 1000\n\n| strategy | ms |\n|---|---|\n");
   for (auto& r : rows)
     if (!r.build_ns.empty()) {

@@ -22,7 +22,9 @@ struct peak_ewma_options {
 // the backend's peak-EWMA (a slow sample counts at once, fast samples pull it
 // down with time constant `decay`, and it decays towards zero while the
 // backend gets no samples). levee::balancer feeds samples from lease::finish
-// using this strategy's decay. Reads the clock once per pick. O(d) expected.
+// using this strategy's decay. O(d) expected; for d = 2 without restrictions
+// the same straight-line path as power_of_two, and the cost comparison needs
+// no clock read and one exp_neg (see cheaper()).
 class peak_ewma {
  public:
   using table_type = detail::alias_table;
@@ -49,23 +51,53 @@ class peak_ewma {
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
+    if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
+      std::size_t a, b;
+      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return cheaper(s, a, b, ctx);
+    }
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
-    if (k == 1) return c[0];
-    const std::int64_t now = ctx.now();
-    // cost() without its division: a / wa < b / wb  <=>  a x wb < b x wa.
     std::size_t best = c[0];
-    double best_num = cost_numerator(s[best], now);
-    for (std::size_t j = 1; j < k; ++j) {
-      const double nj = cost_numerator(s[c[j]], now);
-      if (nj * static_cast<double>(s[best].weight) < best_num * static_cast<double>(s[c[j]].weight))
-        best = c[j], best_num = nj;
-    }
+    for (std::size_t j = 1; j < k; ++j) best = cheaper(s, best, c[j], ctx);
     return best;
   }
 
  private:
+  // b if its cost is strictly below a's, else a (ties go to the first drawn).
+  // cost() without its division: ca / wa > cb / wb  <=>  ca x wb > cb x wa.
+  // When both backends have samples the clock is not needed: both estimates
+  // decay by exp(-(now - stamp) / decay), so their ratio is
+  // exp(-(stamp_b - stamp_a) / decay) whatever `now` is, and only the older
+  // one is scaled, by exp_neg(|stamp_a - stamp_b| / decay) (one cheap
+  // polynomial when the stamps are close). When neither has a sample both
+  // estimates are default_latency and the loads decide. Only a mixed pair
+  // reads the clock. The outcome is selected with a mask (a coin flip to the
+  // branch predictor).
+  [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
+    const load_cell& ca = *s[a].load;
+    const load_cell& cb = *s[b].load;
+    const std::int64_t sa = ca.latency_stamp_ns.load(std::memory_order_acquire);
+    const std::int64_t sb = cb.latency_stamp_ns.load(std::memory_order_acquire);
+    const double la = static_cast<double>(ca.load()) + 1.0, lb = static_cast<double>(cb.load()) + 1.0;
+    const double wa = static_cast<double>(s[a].weight), wb = static_cast<double>(s[b].weight);
+    double xa = la * wb, xb = lb * wa;  // cost_numerator x the other's weight, up to the estimates
+    if (sa != load_cell::no_sample && sb != load_cell::no_sample) [[likely]] {
+      const std::int64_t d = sb - sa;  // > 0: a is older and has decayed more by `now`
+      const double f = detail::exp_neg(static_cast<double>(d < 0 ? -d : d) / decay_ns_);
+      xa *= ca.latency_ewma_ns.load(std::memory_order_relaxed) * (d > 0 ? f : 1.0);
+      xb *= cb.latency_ewma_ns.load(std::memory_order_relaxed) * (d > 0 ? 1.0 : f);
+    } else if (sa != load_cell::no_sample || sb != load_cell::no_sample) {
+      const std::int64_t now = ctx.now();
+      xa *= ca.latency_estimate(now, decay_ns_, default_ns_);
+      xb *= cb.latency_estimate(now, decay_ns_, default_ns_);
+    } else {  // both estimates are default_ns (a common factor, but 0 makes every cost 0: a tie)
+      xa *= default_ns_;
+      xb *= default_ns_;
+    }
+    return detail::select(xb < xa, b, a);
+  }
+
   // latency estimate x (in_flight + 1); load() is never negative.
   [[nodiscard]] double cost_numerator(const backend_entry& e, std::int64_t now_ns) const noexcept {
     const double est = e.load->latency_estimate(now_ns, decay_ns_, default_ns_);

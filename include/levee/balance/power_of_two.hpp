@@ -64,6 +64,24 @@ inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table&
   return k;
 }
 
+// The fast path of d = 2 for an unrestricted pick on an all-open table
+// (every backend eligible): two weighted draws from one 64-bit random number,
+// the second redrawn while it repeats the first (so it is drawn from the
+// weights without the first, as sample_distinct does). Returns false only if
+// 8 redraws all repeated the first (one backend holds almost all the
+// weight), leaving the pair to sample_distinct.
+inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
+  const std::uint64_t x = r();
+  a = t.draw32(static_cast<std::uint32_t>(x >> 32));
+  b = t.draw32(static_cast<std::uint32_t>(x));
+  if (a != b) [[likely]] return true;
+  for (int k = 0; k < 8; ++k) {
+    b = t.draw(r);
+    if (b != a) return true;
+  }
+  return false;
+}
+
 inline std::size_t check_choices(std::size_t d, const char* fn) {
   if (d == 0 || d > max_choices)
     throw std::invalid_argument(std::string(fn) + ": choices must be in [1, 16], got " + std::to_string(d));
@@ -78,6 +96,10 @@ inline std::size_t check_choices(std::size_t d, const char* fn) {
 // drawn. So idle backends share in proportion to weight, busy ones by relative
 // load. With two backends and d = 2 the less loaded one is always chosen
 // (sampling without replacement, unlike Envoy #20420). O(d) expected per pick.
+// For d = 2 without restrictions (no tier, tried list or filter, and every
+// backend healthy and uncapped, see pick_context::unrestricted) the pick is a
+// straight line: one random number, two alias draws, two load reads and a
+// branch-free comparison (a coin-flip branch there costs more than the rest).
 class power_of_two {
  public:
   using table_type = detail::alias_table;
@@ -89,20 +111,31 @@ class power_of_two {
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
+    if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
+      std::size_t a, b;
+      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return less_loaded(s, a, b);
+    }
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
     std::size_t best = c[0];
-    // load() < 2^32 and weights < 2^32, so the cross products fit in 64 bits.
-    auto best_load = static_cast<std::uint64_t>(s[best].load->load());
-    for (std::size_t j = 1; j < k; ++j) {
-      const auto l = static_cast<std::uint64_t>(s[c[j]].load->load());
-      if (l * s[best].weight < best_load * s[c[j]].weight) best = c[j], best_load = l;
-    }
+    for (std::size_t j = 1; j < k; ++j) best = less_loaded(s, best, c[j]);
     return best;
   }
 
  private:
+  // b if its in_flight / weight is strictly below a's, else a (ties go to the
+  // first drawn). load() < 2^32 and weights < 2^32: the cross products fit in
+  // 64 bits. Loads change all the time, so the outcome is a coin flip to the
+  // branch predictor: selected with a mask.
+  [[nodiscard]] static std::size_t less_loaded(const backend_snapshot& s, std::size_t a, std::size_t b) noexcept {
+    const backend_entry& ea = s[a];
+    const backend_entry& eb = s[b];
+    const auto la = static_cast<std::uint64_t>(ea.load->load());
+    const auto lb = static_cast<std::uint64_t>(eb.load->load());
+    return detail::select(lb * ea.weight < la * eb.weight, b, a);
+  }
+
   std::size_t d_;
 };
 

@@ -75,17 +75,21 @@ class pick_context {
   // True if backend i may be picked now: marked healthy (unless in panic), in
   // the requested tier, below its max_in_flight, not already tried, and
   // admitted by every active decorator filter.
+  // The entry's own marks are checked inline; the loops over `tried` and the
+  // filters live out of line (eligible_slow), so that this stays small
+  // enough to inline into every strategy's hot path.
   [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
     const backend_entry& e = s[i];
     if ((!e.healthy && !ignore_health) || (tier && e.tier != *tier) || e.at_capacity()) return false;
-    if (!tried.empty()) [[unlikely]] {
-      for (backend_id t : tried)
-        if (t == e.id) return false;
-    }
-    for (std::size_t k = 0; k < nfilters_; ++k)
-      if (!filters_[k].admit(filters_[k].self, s, i, *this)) return false;
-    return true;
+    if (tried.empty() && nfilters_ == 0) [[likely]] return true;
+    return eligible_slow(s, i);
   }
+
+  // True when this pick carries no restriction of its own: no tier, nothing
+  // tried, no decorator filter. If also every backend of the snapshot is open
+  // (detail::all_open: healthy, no max_in_flight), every backend is eligible
+  // and a strategy may skip eligible() altogether.
+  [[nodiscard]] bool unrestricted() const noexcept { return !tier && tried.empty() && nfilters_ == 0; }
 
   // RAII: pushes a filter, pops it on destruction. Depth is checked at
   // compile time through strategy_traits::filter_depth.
@@ -101,6 +105,15 @@ class pick_context {
   };
 
  private:
+  [[gnu::noinline]] bool eligible_slow(const backend_snapshot& s, std::size_t i) {
+    const backend_id id = s[i].id;
+    for (backend_id t : tried)
+      if (t == id) return false;
+    for (std::size_t k = 0; k < nfilters_; ++k)
+      if (!filters_[k].admit(filters_[k].self, s, i, *this)) return false;
+    return true;
+  }
+
   rng* rng_;
   std::int64_t (*now_fn_)(const void*) = nullptr;
   const void* clock_ = nullptr;
@@ -204,6 +217,25 @@ class striped_cursor {
   };
   std::array<slot, cursor_stripes> slots_;
 };
+
+// True if no backend of `s` can ever be ineligible by its own marks: all
+// marked healthy and none with a max_in_flight. Snapshots are immutable, so
+// strategies compute this once in build() and, for unrestricted picks
+// (pick_context::unrestricted), skip eligible() and the entry loads it costs.
+[[nodiscard]] inline bool all_open(const backend_snapshot& s) noexcept {
+  for (const auto& e : s)
+    if (!e.healthy || e.max_in_flight != 0) return false;
+  return true;
+}
+
+// c ? a : b without a branch. For conditions that are coin flips (alias
+// draws, load comparisons) a branch is mispredicted about half the time,
+// ~15-20 cycles each, more than the rest of a pick; compilers turn a plain
+// ?: on such values into a branch often enough that the mask is spelled out.
+[[nodiscard]] constexpr std::size_t select(bool c, std::size_t a, std::size_t b) noexcept {
+  const std::size_t mask = std::size_t{0} - static_cast<std::size_t>(c);
+  return b ^ ((a ^ b) & mask);
+}
 
 // Sign of (a_load + plus) / a_w - (b_load + plus) / b_w, exactly (128-bit
 // cross products).

@@ -259,12 +259,15 @@ class balancer {
     const block* b = guard.get();
     if (b == nullptr) return std::nullopt;
     for (int attempt = 0; attempt < 8; ++attempt) {
-      const auto i = strategy_.pick(b->view, b->table, ctx);
-      if (!i) return std::nullopt;
-      node* n = b->nodes[*i];
+      // Unwrapped at once into a plain index: GCC 12 otherwise spills the
+      // optional and reloads it with a wider load than the stores that wrote
+      // it (a store-forwarding stall on every pick).
+      const std::size_t i = strategy_.pick(b->view, b->table, ctx).value_or(npos);
+      if (i == npos) return std::nullopt;
+      node* n = b->nodes[i];
       // The slot is also the lease's reference on the node (safe: the
       // snapshot holds one while we are inside the read section).
-      if (!acquire_slot(n->cell, b->view[*i].max_in_flight)) continue;  // lost the last slot to another thread
+      if (!acquire_slot(n->cell, b->view[i].max_in_flight)) continue;  // lost the last slot to another thread
       if constexpr (track_total) shared_->total_in_flight.fetch_add(1, std::memory_order_relaxed);
       return std::optional<lease>(lease(n));
     }
@@ -292,6 +295,7 @@ class balancer {
   [[nodiscard]] const Clock& get_clock() const noexcept { return shared_->clock; }
 
  private:
+  static constexpr std::size_t npos = ~std::size_t{0};
   static constexpr bool track_total = strategy_traits<composed_type>::needs_total_load;
   static constexpr bool reads_latency = requires(const composed_type& c) { c.latency_decay(); };
 

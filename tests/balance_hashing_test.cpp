@@ -276,6 +276,50 @@ TEST_CASE("jump_hash: golden vector, monotonic growth, 1/(n+1) moved") {
   CHECK(std::abs(double(moved) / double(nk) - 1.0 / 11) < 0.004);
 }
 
+TEST_CASE("jump_hash: pick's O(1) JumpBackHash is consistent and uniform") {
+  // Growing n to n + 1 leaves every key where it was or sends it to bucket n,
+  // for n around powers of two (where the top range changes) and in between.
+  levee::rng r(17);
+  const std::size_t nk = sanitized ? 20000 : 100000;
+  std::vector<std::uint64_t> hs(nk);
+  for (auto& h : hs) h = r();
+  for (std::uint32_t n : {1u, 2u, 3u, 4u, 5u, 7u, 8u, 9u, 10u, 31u, 32u, 33u, 63u, 64u, 65u, 100u, 127u, 128u, 129u, 1000u,
+                          1023u, 1024u, 1025u, 65535u, 65536u, 65537u, 1000000u}) {
+    std::size_t moved = 0;
+    for (const auto h : hs) {
+      const auto a = levee::jump_hash::jump_back(h, n), b = levee::jump_hash::jump_back(h, n + 1);
+      REQUIRE(a < n);
+      REQUIRE((b == a || b == n));
+      moved += a != b;
+    }
+    CHECK_MESSAGE(std::abs(double(moved) / double(nk) - 1.0 / (n + 1)) < 5.0 * std::sqrt(1.0 / (n + 1) / double(nk)) + 1e-4,
+                  "n = " << n << " moved " << moved);
+  }
+  // Uniform over [0, n) (chi-square, p > 0.001), also where n is just above
+  // a power of two (the rejection draws of the top range at work).
+  for (std::uint32_t n : {3u, 10u, 64u, 65u, 96u, 129u}) {
+    std::vector<double> c(n, 0);
+    const std::size_t draws = 2000 * std::size_t{n};
+    for (std::size_t k = 0; k < draws; ++k) c[levee::jump_hash::jump_back(r(), n)] += 1;
+    double x = 0;
+    for (double v : c) x += (v - 2000.0) * (v - 2000.0) / 2000.0;
+    const double df = n - 1.0, a = 2.0 / (9.0 * df);
+    const double critical = df * std::pow(1.0 - a + 3.090 * std::sqrt(a), 3.0);
+    CHECK_MESSAGE(x < critical, "n = " << n << " chi2 " << x << " > " << critical);
+  }
+  // Through the strategy: 3 of 64 backends excluded, keys of the others stay put.
+  harness<levee::jump_hash> h;
+  for (levee::backend_id id = 0; id < 64; ++id) h.add(id);
+  h.rebuild();
+  const auto before = h.assign(20000);
+  const levee::backend_id tried[] = {5, 17, 63};
+  for (std::size_t k = 0; k < before.size(); ++k) {
+    const auto now = h.pick(k, tried);
+    REQUIRE((now != 5 && now != 17 && now != 63));
+    if (before[k] != 5 && before[k] != 17 && before[k] != 63) REQUIRE(now == before[k]);
+  }
+}
+
 namespace {
 
 // Zipf(s) sampler over [0, n) by inverse CDF (precomputed).

@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -546,6 +547,37 @@ TEST_CASE("burst 0 means auto: ceil(rate x 2 ms), at least 2") {
   CHECK(sim_t(o).metrics().burst == 2);
   o.rate = levee::rate::per_second(1000);
   CHECK(sim_t(o).metrics().burst == 2);
+}
+
+TEST_CASE("auto burst keeps a 100 us jitter reserve: the gate admits b - floor(r x 100 us) at once") {
+  // Handlers start a little after their admission. If the first burst's
+  // handlers start 100 us late and later ones on time, the start times must
+  // still respect b + r x w for the reported b: that is what the reserve is for.
+  auto dispatch_times = [](std::uint64_t burst, std::uint64_t* reported) {
+    levee::manual_clock clk;
+    auto o = sim_options();
+    o.capacity = 1000;
+    o.rate = levee::rate::per_second(100'000);
+    o.burst = burst;
+    std::vector<tp> at;
+    sim_t lev(o, [&](int&) { at.push_back(clk.now()); }, clk);
+    for (int i = 0; i < 500; ++i) REQUIRE(lev.try_submit(i));
+    lev.drain();
+    *reported = lev.metrics().burst;
+    const tp first = at.front();
+    for (auto& t : at)
+      if (t == first) t += 100us;  // the initial burst starts late
+    std::sort(at.begin(), at.end());
+    return at;
+  };
+  std::uint64_t b = 0;
+  const auto automatic = dispatch_times(0, &b);
+  CHECK(b == 200);
+  CHECK(levee::check_conformance(automatic, levee::rate::per_second(100'000), b).ok);
+  // The same delays with an explicit burst of 200 (no reserve) break the envelope.
+  const auto explicit_200 = dispatch_times(200, &b);
+  CHECK(b == 200);
+  CHECK_FALSE(levee::check_conformance(explicit_200, levee::rate::per_second(100'000), b).ok);
 }
 
 TEST_CASE("metrics of a live leveler render as Prometheus text") {

@@ -279,7 +279,7 @@ class leveler {
     overflow_policy overflow = overflow_policy::block;  // what submit() does when full
     bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
-    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 2 ms), at least 2
+    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 2 ms), at least 2 (see jitter_reserve)
     std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
     std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
@@ -306,7 +306,13 @@ class leveler {
         start_ns_(to_ns(c.now())),
         sim_ctx_(opts_.seed) {
     if (opts_.rate) {
-      limiter_.emplace(*opts_.rate, opts_.burst != 0 ? opts_.burst : auto_burst(*opts_.rate), c);
+      if (opts_.burst != 0) {
+        limiter_.emplace(*opts_.rate, opts_.burst, c);
+      } else {
+        const std::uint64_t b = auto_burst(*opts_.rate);
+        limiter_.emplace(*opts_.rate, b - jitter_reserve(*opts_.rate), c);
+        auto_burst_.store(b, std::memory_order_relaxed);
+      }
     }
     if (opts_.adaptive) {
       adaptive_.emplace(*opts_.adaptive);
@@ -602,6 +608,7 @@ class leveler {
   }
   void set_burst(std::uint64_t b) {
     require_limiter("set_burst").set_burst(b);
+    auto_burst_.store(0, std::memory_order_relaxed);  // an explicit burst has no jitter reserve
     work_.notify_always();
   }
   // Changes a fixed concurrency limit. Throws std::logic_error without one
@@ -752,6 +759,14 @@ class leveler {
   static std::uint64_t auto_burst(const levee::rate& r) {
     const double per_2ms = r.per_second_value() / 500.0;
     return std::max<std::uint64_t>(2, static_cast<std::uint64_t>(std::ceil(per_2ms)));
+  }
+  // With the automatic burst b, the gate itself admits at most b minus the
+  // tokens of 100 us: a handler starts a little after its admission (and
+  // workers run in parallel), and this reserve keeps the times handlers
+  // start - what a downstream sees - within b + r x w as long as those
+  // delays differ by at most 100 us. Always < b / 2 (b >= r x 2 ms).
+  static std::uint64_t jitter_reserve(const levee::rate& r) {
+    return static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0));
   }
 
   void require_simulation(const char* fn) const {
@@ -1293,6 +1308,7 @@ class leveler {
   [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
   detail::leveler_retry_budget budget_;
   detail::leveler_arrival_log arrivals_;
+  std::atomic<std::uint64_t> auto_burst_{0};  // the automatic burst b while in use (see jitter_reserve), else 0
 
   mutable std::mutex backends_mutex_;
   std::unordered_map<backend_id, std::shared_ptr<detail::leveler_backend<Job>>> backends_;
@@ -1370,7 +1386,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   m.outstanding_peak = outstanding_peak_.load(std::memory_order_relaxed);
   if (limiter_) {
     m.rate_limit = limiter_->get_rate().per_second_value();
-    m.burst = limiter_->burst();
+    const std::uint64_t automatic = auto_burst_.load(std::memory_order_relaxed);
+    m.burst = automatic != 0 ? automatic : limiter_->burst();
   }
   if (concurrency_) m.concurrency_limit = concurrency_->limit();
   m.workers = opts_.workers;

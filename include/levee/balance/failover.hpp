@@ -45,8 +45,15 @@ class failover {
     return t;
   }
 
+  // The common case (one tier) is a tail call; the tier walk is out of line
+  // so that the fast path never copies the result through the stack.
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (t.tiers.size() <= 1 || ctx.tier) return inner_.pick(s, t.inner, ctx);
+    if (t.tiers.size() <= 1 || ctx.tier) [[likely]] return inner_.pick(s, t.inner, ctx);
+    return pick_tiers(s, t, ctx);
+  }
+
+ private:
+  [[gnu::noinline]] std::optional<std::size_t> pick_tiers(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     std::optional<std::size_t> r;
     const bool saved = ctx.last_resort;
     for (int pass = 0; pass < 2 && !r; ++pass) {
@@ -62,7 +69,6 @@ class failover {
     return r;
   }
 
- private:
   S inner_;
 };
 

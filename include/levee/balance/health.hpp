@@ -222,7 +222,15 @@ class health {
     return t;
   }
 
+  // Nothing ejected and every backend marked healthy: a tail call (the rest
+  // is out of line so that this path never copies the result through the stack).
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+    if (det_->ejected() == 0 && t.marked_healthy == s.size()) [[likely]] return inner_.pick(s, t.inner, ctx);
+    return pick_unhealthy(s, t, ctx);
+  }
+
+ private:
+  [[gnu::noinline]] std::optional<std::size_t> pick_unhealthy(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     outlier_detector& det = *det_;
     std::int64_t ejected = det.ejected();
     if (ejected == 0 && t.marked_healthy == s.size()) return inner_.pick(s, t.inner, ctx);
@@ -255,7 +263,6 @@ class health {
     return inner_.pick(s, t.inner, ctx);
   }
 
- private:
   struct filter_data {
     outlier_detector* det;
     std::int64_t now;

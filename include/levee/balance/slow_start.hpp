@@ -75,8 +75,14 @@ class slow_start {
     return t;
   }
 
+  // Disabled (window 0, the default): a tail call; the ramp is out of line.
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (o_.window.count() <= 0 || s.empty()) return inner_.pick(s, t.inner, ctx);
+    if (o_.window.count() <= 0 || s.empty()) [[likely]] return inner_.pick(s, t.inner, ctx);
+    return pick_ramped(s, t, ctx);
+  }
+
+ private:
+  [[gnu::noinline]] std::optional<std::size_t> pick_ramped(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     const std::int64_t now = ctx.now();
     filter_data data{this, now, factor(now - t.oldest_since)};
     {
@@ -86,7 +92,6 @@ class slow_start {
     return inner_.pick(s, t.inner, ctx);
   }
 
- private:
   struct filter_data {
     const slow_start* self;
     std::int64_t now;

@@ -159,6 +159,55 @@ TEST_CASE("ring_hash: an ineligible owner passes its keys clockwise, nothing els
   }
 }
 
+TEST_CASE("ring_hash: the slot fast path agrees with a search over the sorted points") {
+  // Reference: the owner of the first point >= position(key), wrapping.
+  auto check = [](std::vector<std::uint32_t> weights, levee::ring_hash_options o, std::size_t nkeys) {
+    harness<levee::ring_hash> h{levee::ring_hash(o)};
+    for (std::size_t i = 0; i < weights.size(); ++i) h.add(1000 + 7 * i, weights[i]);
+    h.rebuild();
+    const auto& t = *h.table;
+    REQUIRE(!t.hashes.empty());
+    std::size_t disagree = 0;
+    for (std::size_t k = 0; k < nkeys; ++k) {
+      const std::uint64_t pos = h.strategy.position(k);
+      auto it = std::lower_bound(t.hashes.begin(), t.hashes.end(), pos);
+      const std::size_t j = it == t.hashes.end() ? 0 : static_cast<std::size_t>(it - t.hashes.begin());
+      disagree += h.pick(k) != h.snap[t.owner[j]].id;
+    }
+    CHECK_MESSAGE(disagree == 0, weights.size() << " backends, " << t.hashes.size() << " points");
+    return t.slots.size();
+  };
+  const std::size_t nk = sanitized ? 50000 : 1000000;  // ~1.8% of keys in 4+ point buckets, ~45 equal splits at 10^6
+  CHECK(check({1}, {.vnodes_per_weight = 1}, 1000) == 1);  // one point, one bucket: every key wraps to it
+  CHECK(check({1, 1}, {.vnodes_per_weight = 1}, 1000) == 2);
+  CHECK(check({1, 2, 3}, {.vnodes_per_weight = 7}, 20000) > 0);
+  std::vector<std::uint32_t> w64;
+  for (std::uint32_t i = 0; i < 64; ++i) w64.push_back(1 + i % 4);
+  CHECK(check(w64, {}, nk) == 16384);
+  CHECK(check(std::vector<std::uint32_t>(300, 1), {.vnodes_per_weight = 20}, nk / 4) > 0);
+}
+
+TEST_CASE("bounded_load<ring_hash>: tried backends and the bound together") {
+  levee::backend_set set;
+  for (levee::backend_id id = 0; id < 8; ++id) set.add(id);
+  const auto snap = set.snapshot();
+  levee::bounded_load<levee::ring_hash> b(levee::ring_hash{}, 2.0);
+  const auto t = b.build(snap);
+  levee::rng r(3);
+  const levee::backend_id tried[] = {2, 5};
+  for (int a = 1; a <= 600; ++a) {
+    levee::pick_context ctx(r);
+    ctx.key = r();
+    ctx.tried = tried;
+    const auto i = *b.pick(snap, t, ctx);
+    REQUIRE((snap[i].id != 2 && snap[i].id != 5));
+    snap[i].load->in_flight.fetch_add(1);
+    // c = 2: no backend above ceil(2 total / 8) (the 6 allowed ones have
+    // room for 1.5 x total between them, so the bound is never forced).
+    for (const auto& e : snap) REQUIRE(e.load->load() <= (a + 3) / 4);
+  }
+}
+
 TEST_CASE("maglev: table balance <= 1.01 at M > 100N and removal of 1 of 100 changes <= 2/N") {
   harness<levee::maglev> h;
   for (levee::backend_id id = 0; id < 100; ++id) h.add(5000 + id);

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "strategy.hpp"
 
@@ -19,6 +20,9 @@ namespace levee {
 // along its table), so a key keeps its backend unless that one is full. If
 // every backend is full (only possible through races or max_in_flight), the
 // least loaded relative to weight is returned (Envoy's behaviour), never a loop.
+// With an S that offers pick_admitting (ring_hash, maglev, jump_hash) the
+// rule is inlined into S's pick, which keeps its O(1) fast path; with any
+// other S it is pushed as a pick_filter. O(1) expected per pick plus S's cost.
 // The bound is exact for serialised picks; concurrent picks may each see the
 // same room, so it can be exceeded by (concurrent pickers - 1).
 template <strategy S>
@@ -26,7 +30,14 @@ class bounded_load {
  public:
   static constexpr bool needs_total_load = true;
   static constexpr std::size_t filter_depth = strategy_traits<S>::filter_depth + 1;
-  using table_type = typename S::table_type;
+  // S's table, c / total weight (the pick's one division, done in build())
+  // and per backend the largest load that passes the bound with the total
+  // taken as that load itself (see room): 8 bytes per backend.
+  struct table_type {
+    typename S::table_type inner;
+    double c_per_weight = 0;
+    std::vector<std::int64_t> self_max;
+  };
 
   explicit bounded_load(S inner = S{}, double c = 1.25) : inner_(std::move(inner)), c_(c) {
     if (!(c >= 1.0) || !std::isfinite(c))
@@ -48,37 +59,71 @@ class bounded_load {
     return static_cast<std::int64_t>(std::ceil(per_weight * static_cast<double>(w) - 1e-9));
   }
 
-  [[nodiscard]] table_type build(const backend_snapshot& s) const { return inner_.build(s); }
+  [[nodiscard]] table_type build(const backend_snapshot& s) const {
+    table_type t{inner_.build(s), s.empty() ? 0.0 : c_ / static_cast<double>(s.total_weight()), {}};
+    t.self_max.reserve(s.size());
+    for (const auto& e : s) {
+      // fits(m, w, m) holds for m up to some point and fails beyond it (or
+      // holds for all m when c w / W >= 1): estimate, then settle exactly.
+      const room r{&s, -1, t.c_per_weight, nullptr};
+      const double kw = t.c_per_weight * e.weight;
+      constexpr std::int64_t unbounded = std::int64_t{1} << 40;  // loads stay below 2^32
+      std::int64_t m = kw >= 1.0 ? unbounded : static_cast<std::int64_t>(std::min(kw / (1.0 - kw), double(unbounded)));
+      while (m >= 0 && !r.fits(m, e.weight, m)) --m;
+      while (m < unbounded && r.fits(m + 1, e.weight, m + 1)) ++m;
+      t.self_max.push_back(m);
+    }
+    return t;
+  }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty()) return std::nullopt;
-    filter_data d{this, &s, -1, s.total_weight()};
-    {
-      pick_context::filter_scope scope(ctx, pick_filter{&admit, &d});
-      if (auto r = inner_.pick(s, t, ctx)) return r;
+    room r{&s, -1, t.c_per_weight, t.self_max.size() == s.size() ? t.self_max.data() : nullptr};
+    if constexpr (admitting_strategy<S>) {
+      // The rule inlined into S's pick (no filter: S keeps its fast path).
+      if (auto i = inner_.pick_admitting(s, t.inner, ctx, [&r](const backend_snapshot& snap, std::size_t k) { return r.admits(snap, k); }))
+        return i;
+    } else {
+      pick_context::filter_scope scope(ctx, pick_filter{&admit, &r});
+      if (auto i = inner_.pick(s, t.inner, ctx)) return i;
     }
     return detail::scan_least_loaded(s, ctx);
   }
 
  private:
-  // The total is read lazily: capacity() never decreases as the total grows
+  // Room for one more job on backend i: load + 1 <= capacity(w, total, W),
+  // i.e. load + 1 <= ceil(y) with y = c (total + 1) w / W - 1e-9. For an
+  // integer m, m <= ceil(y) <=> m - 1 < y, so this is load < y: no ceil()
+  // (a libm call without SSE4.1) and, with c / W computed once per pick, no
+  // division per candidate. The same bound as capacity(), exactly up to the
+  // rounding of c / W (1 ulp; the 1e-9 slack is there for such rounding).
+  //
+  // The total is read lazily: the bound never decreases as the total grows
   // and the total is at least the candidate's own load, so a candidate that
   // fits with total = its own load fits with the real total too. Only a
   // candidate that fails that test makes the pick read the real total
   // (O(n) when the snapshot has no maintained counter), once per pick.
-  struct filter_data {
-    const bounded_load* self;
+  struct room {
     const backend_snapshot* snap;
     mutable std::int64_t total;  // < 0: not read yet
-    std::uint64_t total_weight;
+    double c_per_weight;  // c / total_weight
+    const std::int64_t* self_max;  // table_type::self_max, null if it does not match the snapshot
+
+    [[nodiscard]] bool fits(std::int64_t load, std::uint32_t w, std::int64_t tot) const noexcept {
+      return static_cast<double>(load) < c_per_weight * static_cast<double>(tot + 1) * static_cast<double>(w) - 1e-9;
+    }
+    [[nodiscard]] bool admits(const backend_snapshot& s, std::size_t i) const {
+      const std::int64_t load = s[i].load->load();
+      // The first test as one integer comparison with a bound from build().
+      if (total < 0 && self_max != nullptr ? load <= self_max[i] : fits(load, s[i].weight, total < 0 ? load : total))
+        [[likely]] return true;
+      if (total >= 0) return false;
+      total = snap->total_in_flight();
+      return fits(load, s[i].weight, total);
+    }
   };
   static bool admit(const void* p, const backend_snapshot& s, std::size_t i, pick_context&) {
-    const auto* d = static_cast<const filter_data*>(p);
-    const std::int64_t load = s[i].load->load();
-    if (load + 1 <= d->self->capacity(s[i].weight, d->total < 0 ? load : d->total, d->total_weight)) return true;
-    if (d->total >= 0) return false;
-    d->total = d->snap->total_in_flight();
-    return load + 1 <= d->self->capacity(s[i].weight, d->total, d->total_weight);
+    return static_cast<const room*>(p)->admits(s, i);
   }
 
   S inner_;

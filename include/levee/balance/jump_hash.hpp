@@ -100,17 +100,24 @@ class jump_hash {
   [[nodiscard]] table_type build(const backend_snapshot& s) const noexcept { return {detail::all_open(s)}; }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+    return pick_admitting(s, t, ctx, detail::admit_all{});
+  }
+
+  // pick() with one more eligibility rule (see levee::admitting_strategy).
+  template <class Admit>
+  [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+                                                          Admit admit) {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
     std::uint64_t k = ctx.key ? detail::hash64_salted(*ctx.key, key_salt_) : ctx.random()();
     const auto n32 = static_cast<std::uint32_t>(n);
-    if (t.open && ctx.unrestricted()) [[likely]] return jump_back(k, n32);
+    const bool open = t.open && ctx.unrestricted();
     for (int attempt = 0; attempt < 8; ++attempt) {
       const std::size_t i = jump_back(k, n32);
-      if (ctx.eligible(s, i)) return i;
+      if ((open || ctx.eligible(s, i)) && admit(s, i)) [[likely]] return i;
       k = detail::hash64(k, static_cast<std::uint64_t>(attempt) + 1);
     }
-    return detail::scan_weighted_random(s, ctx);
+    return detail::scan_weighted_random(s, ctx, admit);
   }
 
  private:

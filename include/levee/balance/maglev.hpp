@@ -48,6 +48,7 @@ class maglev {
  public:
   struct table_type {
     std::vector<std::uint32_t> entry;  // backend index per slot
+    bool open = false;                 // detail::all_open of the snapshot
   };
 
   explicit maglev(maglev_options o = {}) : o_(o), key_salt_(detail::hash_salt(o.seed ^ 0x6b6579ULL)) {
@@ -69,6 +70,7 @@ class maglev {
     table_type t;
     const std::size_t n = s.size();
     if (n == 0) return t;
+    t.open = detail::all_open(s);
     const std::size_t m = table_size_for(n);
     if (m < n)
       throw std::length_error("levee::maglev: table_size " + std::to_string(m) + " is smaller than the backend count " +
@@ -100,20 +102,31 @@ class maglev {
   }
 
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+    return pick_admitting(s, t, ctx, detail::admit_all{});
+  }
+
+  // pick() with one more eligibility rule (see levee::admitting_strategy).
+  template <class Admit>
+  [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+                                                          Admit admit) {
     const std::size_t m = t.entry.size();
     if (m == 0 || s.empty()) return std::nullopt;
     std::size_t j = ctx.key ? slot(*ctx.key, m) : static_cast<std::size_t>(ctx.random().below(m));
+    if (t.open && ctx.unrestricted()) [[likely]] {
+      const std::size_t i = t.entry[j];
+      if (admit(s, i)) [[likely]] return i;
+    }
     std::size_t rejected = s.size();
     const std::size_t probes = std::min(m, 8 * s.size() + 64);
     for (std::size_t k = 0; k < probes; ++k) {
       const std::size_t i = t.entry[j];
       if (i != rejected) {
-        if (ctx.eligible(s, i)) return i;
+        if (ctx.eligible(s, i) && admit(s, i)) return i;
         rejected = i;
       }
       if (++j == m) j = 0;
     }
-    return detail::scan_weighted_random(s, ctx);
+    return detail::scan_weighted_random(s, ctx, admit);
   }
 
  private:

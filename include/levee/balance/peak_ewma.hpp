@@ -55,6 +55,13 @@ class peak_ewma {
       std::size_t a, b;
       if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return cheaper(s, a, b, ctx);
     }
+    return pick_general(s, t, ctx);
+  }
+
+ private:
+  // Any d, restricted picks, skewed weights: out of line, so that pick()
+  // stays small enough to inline.
+  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
@@ -63,37 +70,36 @@ class peak_ewma {
     return best;
   }
 
- private:
   // b if its cost is strictly below a's, else a (ties go to the first drawn).
   // cost() without its division: ca / wa > cb / wb  <=>  ca x wb > cb x wa.
-  // When both backends have samples the clock is not needed: both estimates
-  // decay by exp(-(now - stamp) / decay), so their ratio is
-  // exp(-(stamp_b - stamp_a) / decay) whatever `now` is, and only the older
-  // one is scaled, by exp_neg(|stamp_a - stamp_b| / decay) (one cheap
-  // polynomial when the stamps are close). When neither has a sample both
-  // estimates are default_latency and the loads decide. Only a mixed pair
-  // reads the clock. The outcome is selected with a mask (a coin flip to the
-  // branch predictor).
+  // When neither backend has a sample both estimates are default_latency, a
+  // common factor: the loads decide, in integers (as power_of_two), unless
+  // default_latency is 0 (every cost 0: a tie). When both have samples the
+  // clock is not needed: both estimates decay by exp(-(now - stamp) / decay),
+  // so their ratio does not depend on `now` and only the older one is
+  // scaled, by exp_neg(|stamp_a - stamp_b| / decay) (a cheap polynomial when
+  // the stamps are close). Only a mixed pair reads the clock. The outcome is
+  // selected with a mask (a coin flip to the branch predictor).
   [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
     const load_cell& ca = *s[a].load;
     const load_cell& cb = *s[b].load;
     const std::int64_t sa = ca.latency_stamp_ns.load(std::memory_order_acquire);
     const std::int64_t sb = cb.latency_stamp_ns.load(std::memory_order_acquire);
-    const double la = static_cast<double>(ca.load()) + 1.0, lb = static_cast<double>(cb.load()) + 1.0;
-    const double wa = static_cast<double>(s[a].weight), wb = static_cast<double>(s[b].weight);
-    double xa = la * wb, xb = lb * wa;  // cost_numerator x the other's weight, up to the estimates
+    // load() < 2^32 and weights < 2^32: (load + 1) x weight fits in 64 bits.
+    const auto la = static_cast<std::uint64_t>(ca.load()) + 1, lb = static_cast<std::uint64_t>(cb.load()) + 1;
+    const std::uint64_t wa = s[a].weight, wb = s[b].weight;
+    if (sa == load_cell::no_sample && sb == load_cell::no_sample)
+      return detail::select(default_ns_ > 0 && lb * wa < la * wb, b, a);
+    double xa = static_cast<double>(la * wb), xb = static_cast<double>(lb * wa);
     if (sa != load_cell::no_sample && sb != load_cell::no_sample) [[likely]] {
       const std::int64_t d = sb - sa;  // > 0: a is older and has decayed more by `now`
       const double f = detail::exp_neg(static_cast<double>(d < 0 ? -d : d) / decay_ns_);
       xa *= ca.latency_ewma_ns.load(std::memory_order_relaxed) * (d > 0 ? f : 1.0);
       xb *= cb.latency_ewma_ns.load(std::memory_order_relaxed) * (d > 0 ? 1.0 : f);
-    } else if (sa != load_cell::no_sample || sb != load_cell::no_sample) {
+    } else {
       const std::int64_t now = ctx.now();
       xa *= ca.latency_estimate(now, decay_ns_, default_ns_);
       xb *= cb.latency_estimate(now, decay_ns_, default_ns_);
-    } else {  // both estimates are default_ns (a common factor, but 0 makes every cost 0: a tie)
-      xa *= default_ns_;
-      xb *= default_ns_;
     }
     return detail::select(xb < xa, b, a);
   }

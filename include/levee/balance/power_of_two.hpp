@@ -115,6 +115,13 @@ class power_of_two {
       std::size_t a, b;
       if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return less_loaded(s, a, b);
     }
+    return pick_general(s, t, ctx);
+  }
+
+ private:
+  // Any d, restricted picks, skewed weights: out of line, so that pick()
+  // stays small enough to inline.
+  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
@@ -123,7 +130,6 @@ class power_of_two {
     return best;
   }
 
- private:
   // b if its in_flight / weight is strictly below a's, else a (ties go to the
   // first drawn). load() < 2^32 and weights < 2^32: the cross products fit in
   // 64 bits. Loads change all the time, so the outcome is a coin flip to the

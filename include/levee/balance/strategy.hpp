@@ -135,6 +135,26 @@ concept strategy = std::move_constructible<S> &&
       { s.pick(snap, t, ctx) } -> std::same_as<std::optional<std::size_t>>;
     };
 
+namespace detail {
+// The extra admission rule of pick_admitting() when there is none.
+struct admit_all {
+  constexpr bool operator()(const backend_snapshot&, std::size_t) const noexcept { return true; }
+};
+}  // namespace detail
+
+// A strategy may also offer pick() with one more eligibility rule known at
+// compile time:
+//   template <class Admit> std::optional<std::size_t> pick_admitting(snap, table, ctx, Admit admit)
+// admit(snap, i) is applied after ctx.eligible(snap, i), wherever that is, as
+// a pick_filter would be, but inlined: bounded_load uses it (when present)
+// instead of pushing a filter, which costs the unrestricted fast path and
+// two indirect calls per candidate.
+template <class S>
+concept admitting_strategy = strategy<S> && requires(S& s, const backend_snapshot& snap, const typename S::table_type& t,
+                                                     pick_context& ctx) {
+  { s.pick_admitting(snap, t, ctx, detail::admit_all{}) } -> std::same_as<std::optional<std::size_t>>;
+};
+
 // What a strategy may declare (all optional):
 //   static constexpr bool needs_total_load   - wants backend_snapshot::total_in_flight() in O(1)
 //   static constexpr std::size_t filter_depth - filters it pushes, including inner strategies
@@ -250,13 +270,14 @@ class striped_cursor {
   return 0;
 }
 
-// O(n) fallback: weighted random choice among eligible backends (one pass,
-// weighted reservoir sampling).
-[[nodiscard]] inline std::optional<std::size_t> scan_weighted_random(const backend_snapshot& s, pick_context& ctx) {
+// O(n) fallback: weighted random choice among eligible (and admitted, see
+// pick_admitting) backends (one pass, weighted reservoir sampling).
+template <class Admit = admit_all>
+[[nodiscard]] std::optional<std::size_t> scan_weighted_random(const backend_snapshot& s, pick_context& ctx, Admit admit = {}) {
   std::optional<std::size_t> best;
   std::uint64_t total = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (!ctx.eligible(s, i)) continue;
+    if (!ctx.eligible(s, i) || !admit(s, i)) continue;
     total += s[i].weight;
     if (ctx.random().below(total) < s[i].weight) best = i;
   }

@@ -3,6 +3,8 @@
 // snapshot_cell reclamation, platform-stable hashing and RNG.
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -150,6 +152,61 @@ TEST_CASE("snapshot_cell: readers keep their snapshot alive; retired snapshots a
     for (auto& t : readers) t.join();
     CHECK(bad.load() == 0);
     CHECK(cell.retired_count() <= levee::detail::snapshot_cell<tracked>::max_retired);
+  }
+  CHECK(live.load() == 0);
+}
+
+TEST_CASE("snapshot_cell: more reader threads than owned slots, and threads that come and go") {
+  // 64 threads can own a reader slot at once (plain increments); the others
+  // share the overflow slot (read-modify-writes). Run well past 64 live
+  // readers, with short-lived threads handing slots on, while a writer keeps
+  // publishing: every read sees a live, complete value (a freed snapshot
+  // would show a poisoned value here, and ASan/TSan watch the rest).
+  struct tracked {
+    std::atomic<int>* live;
+    int value;
+    int check;
+    tracked(std::atomic<int>* l, int v) : live(l), value(v), check(v * 7 + 1) { live->fetch_add(1); }
+    ~tracked() {
+      check = -1;
+      live->fetch_sub(1);
+    }
+  };
+  std::atomic<int> live{0};
+  {
+    levee::detail::snapshot_cell<tracked> cell;
+    cell.exchange(std::make_unique<tracked>(&live, 1));
+    std::atomic<bool> stop{false};
+    std::atomic<int> bad{0};
+    std::atomic<long> reads{0};
+    auto reader = [&](bool short_lived) {
+      for (int i = 0; short_lived ? i < 200 : !stop.load(std::memory_order_relaxed); ++i) {
+        auto g = cell.read();
+        if (g->check != g->value * 7 + 1) bad.fetch_add(1);
+        reads.fetch_add(1, std::memory_order_relaxed);
+        if (!short_lived) std::this_thread::yield();  // 70+ spinning threads on a small machine
+      }
+    };
+    const int long_lived = 72;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < long_lived; ++t) threads.emplace_back(reader, false);
+    std::thread churn([&] {
+      for (int round = 0; round < 10; ++round) {
+        std::vector<std::thread> batch;
+        for (int t = 0; t < 8; ++t) batch.emplace_back(reader, true);
+        for (auto& t : batch) t.join();
+      }
+    });
+    for (int v = 2; v < 300; ++v) cell.exchange(std::make_unique<tracked>(&live, v));
+    churn.join();
+    stop = true;
+    for (auto& t : threads) t.join();
+    CHECK(bad.load() == 0);
+    CHECK(reads.load() > 0);
+    cell.reclaim();
+    cell.reclaim();
+    CHECK(cell.retired_count() == 0);
+    CHECK(live.load() == 1);
   }
   CHECK(live.load() == 0);
 }

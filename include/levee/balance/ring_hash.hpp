@@ -140,7 +140,9 @@ class ring_hash {
     const auto& sl = t.slots[b];
     const std::uint16_t k = split_bits(h, t.shift);
     const unsigned below = unsigned{k > sl.split[0]} + unsigned{k > sl.split[1]} + unsigned{k > sl.split[2]};
-    const bool exact = (k == sl.split[0]) | (k == sl.split[1]) | (k == sl.split[2]) | (sl.count > 3);
+    // Bitwise on purpose (one branch below, not four): as unsigned, not bool.
+    const bool exact = (unsigned{k == sl.split[0]} | unsigned{k == sl.split[1]} | unsigned{k == sl.split[2]} |
+                        unsigned{sl.count > 3}) != 0;
     if (!exact && t.open && ctx.unrestricted()) [[likely]] {
       const std::size_t o = sl.owner[below];
       if (admit(s, o)) [[likely]] return o;

@@ -544,6 +544,149 @@ TEST_CASE("a limiter left idle for any length of time is full again (the ring ca
   CHECK(lim.available(clk.now() + 100us) == 6);
 }
 
+namespace {
+
+__extension__ typedef __int128 i128;
+
+// The GCRA of the header comment written out directly on unbounded integers
+// (no ring, no eras, no parity bit, no fast path), in the limiter's own time
+// unit (ticks of 2^-(F+1) ns) so that set_rate's documented rounding can be
+// reproduced exactly. try_acquire's fast path, its out-of-line slow path and
+// the era logic must all agree with it decision for decision.
+struct reference_gcra {
+  static constexpr i128 horizon = i128{1} << 62;
+  unsigned shift;
+  i128 interval, tau, burst, tat;
+  std::uint64_t epoch = 0;
+
+  [[nodiscard]] i128 ticks(std::int64_t ns) const { return i128{ns} << shift; }
+  [[nodiscard]] i128 ahead(i128 now) const { return tat > now ? tat - now : 0; }
+  bool try_acquire(std::uint64_t n, i128 now) {
+    if (n == 0) return true;
+    if (static_cast<i128>(n) > burst) return false;
+    const i128 cost = static_cast<i128>(n) * interval;
+    if (ahead(now) + cost > tau) return false;
+    tat = std::max(tat, now) + cost;
+    return true;
+  }
+  [[nodiscard]] std::uint64_t available(i128 now) const {
+    const i128 a = ahead(now);
+    return a >= tau ? 0 : static_cast<std::uint64_t>((tau - a) / interval);
+  }
+  void set_rate(i128 interval_new, i128 now) {
+    const i128 a = ahead(now);
+    if (a > 0) {  // the debt in permits, rounded up to an even tick, capped at the horizon
+      i128 a_new = std::min((a * interval_new + interval - 1) / interval, horizon);
+      a_new += a_new & 1;
+      tat = now + a_new;
+    }
+    interval = interval_new;
+    tau = burst * interval;
+    ++epoch;
+  }
+  void set_burst(i128 b, i128 now) {
+    const i128 tau_new = b * interval;
+    if (tau_new > tau) tat = now + std::min(ahead(now) + (tau_new - tau), horizon);
+    burst = b;
+    tau = tau_new;
+    ++epoch;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("try_acquire, reserve, cancel, set_rate and set_burst agree with a direct GCRA model, across eras") {
+  // 10k/s: F = 8, an era is 2^53 ns. Start just before an era boundary so the
+  // run crosses it (and later several more) with fresh and stale `now`.
+  constexpr std::int64_t era_ns = std::int64_t{1} << 53;
+  const std::int64_t start = 5 * era_ns - 2'000'000;
+  for (const std::uint32_t seed : {1U, 2U, 3U}) {
+    manual_clock clk(at_ns(start));
+    limiter lim(rate::per_second(10'000), 3, clk);
+    REQUIRE(lim.resolution_bits() == 8);
+    const unsigned shift = lim.resolution_bits() + 1;
+    auto interval_ticks = [&](std::int64_t interval_ns) { return 2 * (i128{interval_ns} << lim.resolution_bits()); };
+    reference_gcra ref{shift, interval_ticks(100'000), 0, 3, 0};
+    ref.tau = ref.burst * ref.interval;
+    ref.tat = ref.ticks(start) - reference_gcra::horizon;  // a fresh limiter is full
+
+    struct pending {
+      limiter::reservation r;
+      i128 end, cost;
+      std::uint64_t epoch;
+    };
+    std::vector<pending> held;
+    std::mt19937_64 rng(seed);
+    std::int64_t frontier = start;
+    std::size_t admitted = 0, refused = 0, slow_eras = 0;
+    const std::size_t steps = scaled(200'000);
+    for (std::size_t i = 0; i < steps; ++i) {
+      const std::uint64_t dice = rng() % 1000;
+      // time: mostly small steps, sometimes an idle gap of up to 3 eras
+      if (dice < 2) {
+        frontier += static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(3 * era_ns));
+      } else {
+        frontier += static_cast<std::int64_t>(rng() % 60'000);
+      }
+      // `now`: usually the frontier, sometimes stale by up to 3 intervals or
+      // by up to a quarter era (which reaches back into the previous era)
+      std::int64_t now = frontier;
+      const std::uint64_t stale = rng() % 16;
+      if (stale == 0) now -= static_cast<std::int64_t>(rng() % 300'000);
+      if (stale == 1 && rng() % 8 == 0) now -= static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(era_ns / 4));
+      if ((now >> 53) != (frontier >> 53)) ++slow_eras;
+      const i128 nt = ref.ticks(now);
+      INFO("seed " << seed << " step " << i << " now " << now);
+      if (dice < 960) {
+        const std::uint64_t n = rng() % 5;  // 0..4 with burst 3 or 4: includes n > burst
+        const bool want = ref.try_acquire(n, nt);
+        REQUIRE(lim.try_acquire(n, at_ns(now)) == want);
+        (want ? admitted : refused) += 1;
+      } else if (dice < 975) {
+        REQUIRE(lim.available(at_ns(now)) == ref.available(nt));
+      } else if (dice < 985) {
+        const std::uint64_t n = 1 + rng() % static_cast<std::uint64_t>(ref.burst);
+        const i128 a = ref.ahead(nt), cost = static_cast<i128>(n) * ref.interval;
+        auto r = lim.reserve(n, at_ns(now));
+        REQUIRE(r.ok());
+        const i128 late = a + cost - ref.tau;
+        const std::int64_t ready =
+            late > 0 ? now + static_cast<std::int64_t>((late + (i128{1} << shift) - 1) >> shift) : now;
+        CHECK(r.ready_at() == at_ns(ready));
+        ref.tat = std::max(ref.tat, nt) + cost;
+        held.push_back({std::move(r), ref.tat, cost, ref.epoch});
+      } else if (dice < 993) {
+        if (!held.empty()) {
+          const std::size_t k = static_cast<std::size_t>(rng() % held.size());
+          pending p = std::move(held[k]);
+          held.erase(held.begin() + static_cast<std::ptrdiff_t>(k));
+          // refunded exactly when nothing was admitted, reserved or reconfigured since
+          const bool refund = p.end == ref.tat && p.epoch == ref.epoch;
+          REQUIRE(p.r.cancel() == refund);
+          if (refund) ref.tat -= p.cost;
+        }
+      } else {
+        // reconfiguration reads the limiter's clock: move it to the frontier
+        clk.set(at_ns(frontier));
+        const i128 nf = ref.ticks(frontier);
+        if (dice < 997) {
+          const std::int64_t interval_ns = std::int64_t{50'000} * static_cast<std::int64_t>(1 + rng() % 4);
+          lim.set_rate(rate::every(std::chrono::nanoseconds(interval_ns)));
+          ref.set_rate(interval_ticks(interval_ns), nf);
+        } else {
+          const std::uint64_t b = 3 + rng() % 2;
+          lim.set_burst(b);
+          ref.set_burst(static_cast<i128>(b), nf);
+        }
+      }
+    }
+    INFO("seed " << seed);
+    CHECK(admitted > steps / 4);  // the run was neither starved nor trivially idle
+    CHECK(refused > steps / 10);
+    CHECK(slow_eras > 0);
+  }
+}
+
 TEST_CASE("try_acquire_until / for: fail fast when the deadline cannot be met, succeed when it can") {
   manual_clock clk;
   limiter lim(rate::per_second(1), 1, clk);

@@ -247,16 +247,32 @@ class rate_limiter {
     const std::int64_t e = era_of(now);
     std::uint64_t cur = tat_.load(std::memory_order_acquire);
     for (;;) {
-      const config c = load_config();
-      if (n > c.burst) return false;
-      const std::uint64_t cost = n * c.interval;
-      const std::uint64_t parity = cur & 1U;
-      const std::uint64_t ahead = ahead_at(cur - parity, nt, e);
-      if (ahead + cost > c.tau) return false;
-      note_era(e);  // before the CAS, whose release publishes it with the new state
-      if (tat_.compare_exchange_strong(cur, nt + ahead + cost + parity, std::memory_order_acq_rel,
-                                       std::memory_order_acquire))
-        return true;
+      // The configuration (seqlock, see load_config) and the era in one
+      // branch: the fast path runs only while no set_rate/set_burst is being
+      // written and `now` lies in the era of the latest state write (then the
+      // state cannot be ancient and there is no era to note). Everything else
+      // goes to try_acquire_slow, out of line, so this loop makes no call and
+      // keeps its values in registers.
+      const std::uint64_t s = seq_.load(std::memory_order_acquire);
+      const std::uint64_t interval = interval_.load(std::memory_order_acquire);
+      const std::uint64_t tau = tau_.load(std::memory_order_acquire);
+      const std::int64_t era = era_.load(std::memory_order_acquire);
+      if (((s & 1U) | (seq_.load(std::memory_order_relaxed) ^ s) | static_cast<std::uint64_t>(e ^ era)) != 0)
+          [[unlikely]]
+        return try_acquire_slow(n, nt, e);
+      // n > burst <=> n * interval > tau, since tau == burst * interval exactly.
+      std::uint64_t cost = 0;
+      if (__builtin_mul_overflow(n, interval, &cost) || cost > tau) return false;
+      // ahead_of() inline: how far TAT (parity bit cleared) is ahead of now;
+      // "behind" means the TAT is in the past and the admission starts at now.
+      const std::uint64_t d = (cur & ~std::uint64_t{1}) - nt;
+      const bool behind = d > horizon;
+      if ((behind ? 0 : d) > tau - cost) return false;
+      // max(TAT, now) + cost, keeping the parity bit: the same value as
+      // nt + ahead + cost + parity in try_acquire_slow.
+      const std::uint64_t next = (behind ? nt + (cur & 1U) : cur) + cost;
+      // A failed CAS reloads `cur`; the next iteration re-evaluates with it.
+      if (tat_.compare_exchange_strong(cur, next, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
     }
   }
 
@@ -521,6 +537,24 @@ class rate_limiter {
   }
   void note_era(std::int64_t era) noexcept {
     if (era > era_.load(std::memory_order_relaxed)) era_.store(era, std::memory_order_relaxed);
+  }
+  // try_acquire while a configuration write is in progress or `now` is in
+  // another era than the latest state write: the general loop (seqlock read
+  // that waits for the writer, ancient-state check, era note).
+  [[gnu::noinline, gnu::cold]] bool try_acquire_slow(std::uint64_t n, std::uint64_t nt, std::int64_t e) {
+    std::uint64_t cur = tat_.load(std::memory_order_acquire);
+    for (;;) {
+      const config c = load_config();
+      if (n > c.burst) return false;
+      const std::uint64_t cost = n * c.interval;
+      const std::uint64_t parity = cur & 1U;
+      const std::uint64_t ahead = ahead_at(cur - parity, nt, e);
+      if (ahead + cost > c.tau) return false;
+      note_era(e);  // before the CAS, whose release publishes it with the new state
+      if (tat_.compare_exchange_strong(cur, nt + ahead + cost + parity, std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+        return true;
+    }
   }
   // How far (ticks) the TAT is ahead of now: 0 if it is in the past, or so far
   // ahead (> horizon) that it can only be a state left idle for >= 2^63 ticks

@@ -112,12 +112,16 @@ class bounded_load {
     [[nodiscard]] bool fits(std::int64_t load, std::uint32_t w, std::int64_t tot) const noexcept {
       return static_cast<double>(load) < c_per_weight * static_cast<double>(tot + 1) * static_cast<double>(w) - 1e-9;
     }
+    // The first test as one integer comparison with a bound from build(),
+    // inline; the rest out of line (it stays inlined into S's pick this way).
     [[nodiscard]] bool admits(const backend_snapshot& s, std::size_t i) const {
       const std::int64_t load = s[i].load->load();
-      // The first test as one integer comparison with a bound from build().
-      if (total < 0 && self_max != nullptr ? load <= self_max[i] : fits(load, s[i].weight, total < 0 ? load : total))
-        [[likely]] return true;
-      if (total >= 0) return false;
+      if (total < 0 && self_max != nullptr && load <= self_max[i]) [[likely]] return true;
+      return admits_slow(s, i, load);
+    }
+    [[gnu::noinline]] bool admits_slow(const backend_snapshot& s, std::size_t i, std::int64_t load) const {
+      if (total < 0 && fits(load, s[i].weight, load)) return true;
+      if (total >= 0) return fits(load, s[i].weight, total);
       total = snap->total_in_flight();
       return fits(load, s[i].weight, total);
     }

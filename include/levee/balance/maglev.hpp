@@ -41,8 +41,10 @@ namespace detail {
 // Each backend walks its own permutation (offset + j x skip) mod M of the
 // table and the backends take turns claiming their next free slot; weight w
 // claims w / max_weight of the turns. A key maps to entry hash(key) mod M:
-// O(1) per pick. If that backend is not eligible, the following entries are
-// tried (a key-determined sequence of other backends), then an O(n) scan.
+// O(1) per pick: an unrestricted pick on an all-open snapshot (see
+// pick_context::unrestricted) is one table load. If that backend is not
+// eligible, the following entries are tried (a key-determined sequence of
+// other backends), then an O(n) scan.
 // The table depends only on (ids, weights, M, seed): identical in every process.
 class maglev {
  public:

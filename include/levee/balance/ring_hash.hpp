@@ -35,13 +35,16 @@ struct ring_hash_options {
 // an owner chosen by their sum, with no data-dependent branch; only keys
 // whose 16 bits equal a split's (probability <= 3 / 65536) or whose bucket
 // holds 4+ points (~1.8% of keys at 1 point per bucket, Poisson) take the
-// exact walk over the sorted points. O(1) per pick; 8-9 ns at N = 64 against
-// 17 ns with the former 16-byte single-split slot, which walked for the ~26%
-// of keys in buckets of two or more points (branch mispredicted).
+// exact walk over the sorted points. O(1) expected per pick: ~7 ns at
+// N = 64 in bench_balance, against 17 ns with the former 16-byte one-split
+// slot, which walked for the ~26% of keys in buckets of two or more points
+// (a mispredicted branch and a second cache miss each).
 // Memory, P = points = total weight x vnodes_per_weight (<= max_points),
 // B = bit_ceil(P) buckets: hashes 8P + owners 4P + bucket index 4B + slots
-// 16B bytes, e.g. 512 KiB at N = 64 x weights 1-4 (16,000 points), 8 MiB at
-// N = 1024 (256,000 points). Slots need backend indices below 65535; larger
+// 16B bytes, e.g. 0.5 MB at N = 64 x weights 1-4 (16,000 points; as before)
+// and 8.3 MB at N = 1024 (256,000 points; the former slots stopped at 2^16
+// buckets, 4.1 MB, and such rings took three dependent misses per pick).
+// A pick touches one slot. Slots need backend indices below 65535; larger
 // sets (and rings of more than 2^22 buckets) use the bucket index alone.
 class ring_hash {
  public:

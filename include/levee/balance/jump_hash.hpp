@@ -111,16 +111,27 @@ class jump_hash {
     if (n == 0) return std::nullopt;
     std::uint64_t k = ctx.key ? detail::hash64_salted(*ctx.key, key_salt_) : ctx.random()();
     const auto n32 = static_cast<std::uint32_t>(n);
-    const bool open = t.open && ctx.unrestricted();
-    for (int attempt = 0; attempt < 8; ++attempt) {
+    if (t.open && ctx.unrestricted()) [[likely]] {
       const std::size_t i = jump_back(k, n32);
-      if ((open || ctx.eligible(s, i)) && admit(s, i)) [[likely]] return i;
+      if (admit(s, i)) [[likely]] return i;
+    }
+    return rehash(s, ctx, k, n32, admit);
+  }
+
+ private:
+  // The chosen backend was not eligible (or not checked yet): up to 8 keys
+  // rehashed from k, then the scan. Out of line: keeps pick() small.
+  template <class Admit>
+  [[gnu::noinline]] static std::optional<std::size_t> rehash(const backend_snapshot& s, pick_context& ctx, std::uint64_t k,
+                                                             std::uint32_t n, Admit admit) {
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const std::size_t i = jump_back(k, n);
+      if (ctx.eligible(s, i) && admit(s, i)) return i;
       k = detail::hash64(k, static_cast<std::uint64_t>(attempt) + 1);
     }
     return detail::scan_weighted_random(s, ctx, admit);
   }
 
- private:
   jump_hash_options o_;
   std::uint64_t key_salt_;
 };

@@ -390,3 +390,64 @@ TEST_CASE("peak_ewma: a 10x slower backend gets well under a tenth of its fair s
   MESSAGE("slow backend share: " << slow_share << " (fair 0.1)");
   CHECK(slow_share < 0.01);
 }
+
+namespace {
+
+// A snapshot with an unhealthy backend or a full one is not "all open", so
+// the unrestricted fast paths must not be taken: the marks are honoured.
+template <class S>
+void check_marks_honoured(S proto, const char* name) {
+  for (int variant = 0; variant < 3; ++variant) {
+    levee::backend_set set;
+    for (levee::backend_id id = 0; id < 16; ++id) set.add(id, {.weight = 1 + static_cast<std::uint32_t>(id % 3)});
+    if (variant == 0) set.set_healthy(3, false);
+    if (variant >= 1) {
+      set.set_max_in_flight(3, 2);
+      set.load(3).in_flight = 2;  // at capacity
+    }
+    const auto snap = set.snapshot();
+    S s = proto;
+    const auto t = s.build(snap);
+    levee::rng r(77);
+    const std::size_t three = *snap.find(3);
+    for (int k = 0; k < 20000; ++k) {
+      levee::pick_context ctx(r);
+      if (variant == 2) ctx.ignore_health = true;  // changes nothing for capacity
+      ctx.key = r();
+      const auto i = s.pick(snap, t, ctx);
+      REQUIRE_MESSAGE(i.has_value(), name);
+      REQUIRE_MESSAGE(*i != three, name << " variant " << variant);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fast paths: unhealthy and full backends are never picked (every O(1) strategy)") {
+  check_marks_honoured(levee::round_robin(1), "round_robin");
+  check_marks_honoured(levee::weighted_round_robin(1), "weighted_round_robin");
+  check_marks_honoured(levee::random{}, "random");
+  check_marks_honoured(levee::weighted_random{}, "weighted_random");
+  check_marks_honoured(levee::power_of_two{}, "power_of_two");
+  check_marks_honoured(levee::power_of_two(3), "power_of_two(3)");
+  check_marks_honoured(levee::peak_ewma{}, "peak_ewma");
+  check_marks_honoured(levee::ring_hash{}, "ring_hash");
+  check_marks_honoured(levee::maglev{}, "maglev");
+  check_marks_honoured(levee::jump_hash{}, "jump_hash");
+  check_marks_honoured(levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), "bounded_load<ring_hash>");
+  // And the same strategies on an all-open snapshot do pick backend 3.
+  levee::backend_set set;
+  for (levee::backend_id id = 0; id < 16; ++id) set.add(id);
+  const auto snap = set.snapshot();
+  levee::ring_hash ring;
+  const auto t = ring.build(snap);
+  CHECK(t.open);
+  levee::rng r(5);
+  bool seen = false;
+  for (int k = 0; k < 2000 && !seen; ++k) {
+    levee::pick_context ctx(r);
+    ctx.key = r();
+    seen = snap[*ring.pick(snap, t, ctx)].id == 3;
+  }
+  CHECK(seen);
+}

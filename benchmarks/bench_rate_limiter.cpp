@@ -10,14 +10,18 @@
 //   Baselines written here: a std::mutex token bucket (double tokens, lazy
 //   refill) and a lock-free token bucket that CASes one std::atomic<double>
 //   "zero time" (the folly TokenBucket / Envoy AtomicTokenBucket design).
-//   Cells: median [min-max] of --runs runs; "x mutex" = mutex median / cell
-//   median (higher = faster than the mutex baseline).
+//   Every call of every implementation does the same work around it (same
+//   loop, same clock amortisation, one permit). Each run measures the three
+//   implementations back to back in a rotating order. Cells: median
+//   [min-max] of --runs runs; "x mutex" = median [min-max] of the same-run
+//   ratios mutex ns / cell ns (higher = faster than the mutex baseline).
 // Table 2: real-clock pacing: one thread calls acquire() in a loop at 1k, 10k
 //   and 100k permits/s for 2 s (--smoke: 0.1 s): achieved rate (permits after
 //   the initial burst / elapsed), envelope violations of the admission times
 //   acquire() returned (levee::check_conformance, must be 0), and CPU time of
 //   the pacing thread per admitted permit. Configurations: burst 1 (pure
-//   sleeping), burst 1 with set_spin_limit(200us) (busy-waits the last 200 us),
+//   sleeping), burst 1 with set_spin_limit(200us) (busy-waits the end of each
+//   wait: the learned OS wake-up lateness plus a margin, at most 200 us),
 //   burst 16, and bursts of 2 ms and 20 ms of the rate (late wake-ups up to
 //   that long are absorbed by the bucket).
 // Options: --smoke, --runs N (default 5), --table 1|2 (only that table).
@@ -127,6 +131,38 @@ struct workload {
   std::uint64_t burst;
 };
 
+// The timed loop, one instantiation per implementation and clock mode, so
+// that every implementation runs the same loop with nothing decided per call
+// except the call itself (and the clock read every 64 calls, or in every call).
+template <impl Which, bool ClockInside>
+std::uint64_t call_loop(levee::rate_limiter<>& lim, mutex_bucket& mb, cas_double_bucket& cb, std::uint64_t calls,
+                        sc::time_point t0) {
+  std::uint64_t ok = 0;
+  sc::time_point now = t0;
+  for (std::uint64_t i = 0; i < calls; ++i) {
+    // levee's try_acquire() reads the clock itself; the baselines get one read per call
+    if constexpr (ClockInside) {
+      if constexpr (Which != impl::levee) now = sc::now();
+    } else {
+      if ((i & 63U) == 0) now = sc::now();
+    }
+    bool r = false;
+    if constexpr (Which == impl::levee) {
+      if constexpr (ClockInside) {
+        r = lim.try_acquire();
+      } else {
+        r = lim.try_acquire(1, now);
+      }
+    } else if constexpr (Which == impl::mutex) {
+      r = mb.try_acquire(ns_of(now));
+    } else {
+      r = cb.try_acquire(ns_of(now));
+    }
+    ok += r ? 1U : 0U;
+  }
+  return ok;
+}
+
 // Returns ns per call per thread (wall time of the slowest thread / calls).
 double run_try(impl which, const workload& w, int threads, bool clock_inside, std::uint64_t calls,
                std::uint64_t* admitted_out) {
@@ -151,19 +187,15 @@ double run_try(impl which, const workload& w, int threads, bool clock_inside, st
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) {
       }
-      std::uint64_t ok = 0;
       const auto t0 = sc::now();
-      sc::time_point now = t0;
-      for (std::uint64_t i = 0; i < calls; ++i) {
-        // levee's try_acquire() reads the clock itself; the baselines get one read per call
-        if ((clock_inside && which != impl::levee) || (!clock_inside && (i & 63U) == 0)) now = sc::now();
-        bool r = false;
-        switch (which) {
-          case impl::levee: r = clock_inside ? lim.try_acquire() : lim.try_acquire(1, now); break;
-          case impl::mutex: r = mb.try_acquire(ns_of(now)); break;
-          case impl::cas_double: r = cb.try_acquire(ns_of(now)); break;
-        }
-        ok += r ? 1U : 0U;
+      std::uint64_t ok = 0;
+      switch ((which == impl::levee ? 0 : which == impl::mutex ? 2 : 4) + (clock_inside ? 1 : 0)) {
+        case 0: ok = call_loop<impl::levee, false>(lim, mb, cb, calls, t0); break;
+        case 1: ok = call_loop<impl::levee, true>(lim, mb, cb, calls, t0); break;
+        case 2: ok = call_loop<impl::mutex, false>(lim, mb, cb, calls, t0); break;
+        case 3: ok = call_loop<impl::mutex, true>(lim, mb, cb, calls, t0); break;
+        case 4: ok = call_loop<impl::cas_double, false>(lim, mb, cb, calls, t0); break;
+        default: ok = call_loop<impl::cas_double, true>(lim, mb, cb, calls, t0); break;
       }
       elapsed[static_cast<std::size_t>(t)] = std::chrono::duration<double, std::nano>(sc::now() - t0).count();
       admitted.fetch_add(ok);
@@ -182,31 +214,43 @@ void table1() {
   const std::uint64_t calls = smoke ? 20'000 : 2'000'000;
   std::printf("\n## 1. ns per try_acquire (lower is better)\n\n");
   std::printf("Median [min-max] of %d runs, %llu calls per thread; with 2 threads each thread's own time per call "
-              "(both hammer one limiter). `x mutex` = mutex median / cell median.\n\n",
+              "(both hammer one limiter). The implementations run interleaved in every run; `x mutex` = median "
+              "[min-max] over the runs of (mutex ns / cell ns) measured in the same run.\n\n",
               runs, static_cast<unsigned long long>(calls));
   std::printf("| workload | now | threads | implementation | ns/call | x mutex | admitted/call |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const auto& w : loads) {
     for (const bool inside : {false, true}) {
       for (const int threads : {1, 2}) {
-        summary s[3];
+        // The three implementations are interleaved within each run (in a
+        // rotating order), and "x mutex" is the median of the ratios measured
+        // in the same run: on a shared machine the load changes between runs,
+        // and measuring all runs of one implementation before the next would
+        // turn that change into a bogus ratio.
+        constexpr impl order[] = {impl::mutex, impl::levee, impl::cas_double};
+        std::vector<double> ns[3], ratio[3];
         double adm_frac[3] = {0, 0, 0};
-        for (const impl which : {impl::mutex, impl::levee, impl::cas_double}) {
-          std::vector<double> v;
-          for (int r = 0; r < runs; ++r) {
+        for (int r = 0; r < runs; ++r) {
+          double cell[3] = {0, 0, 0};
+          for (int k = 0; k < 3; ++k) {
+            const impl which = order[(k + r) % 3];
             std::uint64_t adm = 0;
-            v.push_back(run_try(which, w, threads, inside, calls, &adm));
+            cell[static_cast<int>(which)] = run_try(which, w, threads, inside, calls, &adm);
             adm_frac[static_cast<int>(which)] =
                 static_cast<double>(adm) / static_cast<double>(calls * static_cast<std::uint64_t>(threads));
           }
-          s[static_cast<int>(which)] = summarize(v);
+          for (int i = 0; i < 3; ++i) {
+            ns[i].push_back(cell[i]);
+            ratio[i].push_back(cell[static_cast<int>(impl::mutex)] / cell[i]);
+          }
         }
-        const double base = s[static_cast<int>(impl::mutex)].median;
         for (const impl which : {impl::levee, impl::mutex, impl::cas_double}) {
-          const summary& c = s[static_cast<int>(which)];
-          std::printf("| %s | %s | %d | %s | %.1f [%.1f-%.1f] | %.2fx | %.3f |\n", w.name,
+          const summary c = summarize(ns[static_cast<int>(which)]);
+          const summary x = summarize(ratio[static_cast<int>(which)]);
+          std::printf("| %s | %s | %d | %s | %.1f [%.1f-%.1f] | %.2fx [%.2f-%.2f] | %.3f |\n", w.name,
                       inside ? "clock read in every call" : "caller-supplied (1 read / 64 calls)", threads,
-                      impl_name(which), c.median, c.min, c.max, base / c.median, adm_frac[static_cast<int>(which)]);
+                      impl_name(which), c.median, c.min, c.max, x.median, x.min, x.max,
+                      adm_frac[static_cast<int>(which)]);
         }
       }
     }
@@ -294,7 +338,7 @@ void table2() {
     std::chrono::nanoseconds spin;
   };
   const cfg cfgs[] = {{"burst 1, sleep only", 1, 0ns},
-                      {"burst 1, spin last 200 us", 1, 200us},
+                      {"burst 1, spin up to 200 us (learned)", 1, 200us},
                       {"burst 16, sleep only", 16, 0ns},
                       {"burst = 2 ms of rate, sleep only", 0, 0ns},
                       {"burst = 20 ms of rate, sleep only", 0, 1ns}};

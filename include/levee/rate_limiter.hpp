@@ -485,11 +485,10 @@ class rate_limiter {
   // Real clocks only: busy-wait for at most the last `limit` before a due
   // time instead of sleeping through it (0, the default, always sleeps). The
   // limiter learns how late the OS wakes its sleepers and spins only that
-  // long plus a quarter and 2 us (starting from the whole limit). See acquire().
+  // long plus a quarter and 2 us (it starts from 2 us: the first late
+  // wake-up teaches it, at the price of that one wait ending late). See acquire().
   void set_spin_limit(std::chrono::nanoseconds limit) noexcept {
-    const std::int64_t l = std::max<std::int64_t>(0, limit.count());
-    wake_late_ns_.store(l, std::memory_order_relaxed);
-    spin_ns_.store(l, std::memory_order_relaxed);
+    spin_ns_.store(std::max<std::int64_t>(0, limit.count()), std::memory_order_relaxed);
   }
 
   [[nodiscard]] const Clock& get_clock() const noexcept { return clock_; }

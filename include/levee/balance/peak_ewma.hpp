@@ -80,7 +80,7 @@ class peak_ewma {
   // scaled, by exp_neg(|stamp_a - stamp_b| / decay) (a cheap polynomial when
   // the stamps are close). Only a mixed pair reads the clock. The outcome is
   // selected with a mask (a coin flip to the branch predictor).
-  [[nodiscard, gnu::always_inline]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
+  [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
     const load_cell& ca = *s[a].load;
     const load_cell& cb = *s[b].load;
     const std::int64_t sa = ca.latency_stamp_ns.load(std::memory_order_acquire);
@@ -90,15 +90,7 @@ class peak_ewma {
     const std::uint64_t wa = s[a].weight, wb = s[b].weight;
     if (sa == load_cell::no_sample && sb == load_cell::no_sample)
       return detail::select(default_ns_ > 0 && lb * wa < la * wb, b, a);
-    return cheaper_sampled(ca, cb, sa, sb, la * wb, lb * wa, a, b, ctx);
-  }
-
-  // cheaper() when at least one of the two has a sample: floating point and
-  // more registers, out of line so that the rest stays small enough to inline.
-  [[gnu::noinline]] std::size_t cheaper_sampled(const load_cell& ca, const load_cell& cb, std::int64_t sa, std::int64_t sb,
-                                                std::uint64_t la_wb, std::uint64_t lb_wa, std::size_t a, std::size_t b,
-                                                pick_context& ctx) const noexcept {
-    double xa = static_cast<double>(la_wb), xb = static_cast<double>(lb_wa);
+    double xa = static_cast<double>(la * wb), xb = static_cast<double>(lb * wa);
     if (sa != load_cell::no_sample && sb != load_cell::no_sample) [[likely]] {
       const std::int64_t d = sb - sa;  // > 0: a is older and has decayed more by `now`
       const double f = detail::exp_neg(static_cast<double>(d < 0 ? -d : d) / decay_ns_);

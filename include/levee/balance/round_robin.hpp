@@ -26,12 +26,23 @@ class round_robin {
 
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
 
+  // The first turn is small enough to be inlined into the caller (so the
+  // result stays in registers: GCC 12 returns a non-inlined
+  // std::optional<std::size_t> through a store-forwarding stall); the
+  // remaining turns are out of line.
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) noexcept {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
-    std::size_t i = 0;
+    const std::size_t i = cursor_.next(n);
+    if (ctx.eligible(s, i)) [[likely]] return i;
+    return pick_rest(s, ctx, i);
+  }
+
+ private:
+  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, pick_context& ctx, std::size_t i) noexcept {
+    const std::size_t n = s.size();
     const std::size_t turns = n < 8 ? n : 8;
-    for (std::size_t k = 0; k < turns; ++k) {
+    for (std::size_t k = 1; k < turns; ++k) {
       i = cursor_.next(n);
       if (ctx.eligible(s, i)) return i;
     }
@@ -42,7 +53,6 @@ class round_robin {
     return std::nullopt;
   }
 
- private:
   detail::striped_cursor cursor_;
 };
 

@@ -104,9 +104,17 @@ class random {
  public:
   using table_type = no_table;
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
+  // First draw inline (see round_robin::pick), the rest out of line.
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
     if (s.empty()) return std::nullopt;
-    for (int t = 0; t < 8; ++t) {
+    const auto i = static_cast<std::size_t>(ctx.random().below(s.size()));
+    if (ctx.eligible(s, i)) [[likely]] return i;
+    return pick_rest(s, ctx);
+  }
+
+ private:
+  [[gnu::noinline]] static std::optional<std::size_t> pick_rest(const backend_snapshot& s, pick_context& ctx) {
+    for (int t = 1; t < 8; ++t) {
       const auto i = static_cast<std::size_t>(ctx.random().below(s.size()));
       if (ctx.eligible(s, i)) return i;
     }

@@ -75,15 +75,23 @@ class weighted_round_robin {
     if (period == 0 || s.empty()) return std::nullopt;
     // An ineligible entry is consumed like any other, so the eligible
     // backends keep their relative shares (as when NGINX skips a peer).
+    // First probe inline (see round_robin::pick), the rest out of line.
+    const std::size_t i = t.sequence[cursor_.next(period)];
+    if (ctx.eligible(s, i)) [[likely]] return i;
+    return pick_rest(s, t, ctx);
+  }
+
+ private:
+  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+    const std::size_t period = t.sequence.size();
     const std::size_t probes = std::min<std::size_t>(period, 2 * s.size() + 8);
-    for (std::size_t k = 0; k < probes; ++k) {
+    for (std::size_t k = 1; k < probes; ++k) {
       const std::size_t i = t.sequence[cursor_.next(period)];
       if (ctx.eligible(s, i)) return i;
     }
     return detail::scan_weighted_random(s, ctx);
   }
 
- private:
   detail::striped_cursor cursor_;
 };
 

@@ -790,7 +790,7 @@ class leveler {
 
   // The time for measurements only (queue dwell, service time, rate
   // windows): on steady_clock an extrapolation of the CPU's time-stamp
-  // counter, within ~100 ns of the real clock at a third of the cost (see
+  // counter, within 1 us of the real clock (typically ~20 ns) at a third of the cost (see
   // detail/tsc_clock.hpp); the clock itself otherwise. Deadline checks and
   // the rate gate always read the clock.
   [[nodiscard]] time_point measure_now() const {

@@ -6,11 +6,13 @@
 // returns steady_clock time extrapolated from the CPU's time-stamp counter:
 // each thread anchors on a real steady_clock reading and extrapolates for at
 // most `window` with a ticks-to-nanoseconds ratio calibrated against
-// steady_clock over an ever longer span (>= 20 ms). Errors: the anchor pair
-// (clock read, then counter read) is a few tens of nanoseconds apart, and
-// the ratio's relative error (~1e-6 after 20 ms) adds < 1 ns over a window.
-// Readings are therefore within ~100 ns of steady_clock::now(), monotonic
-// within a window, and may step back by that much at a re-anchor.
+// steady_clock over an ever longer span (>= 20 ms). Errors: an anchor pairs
+// a clock reading with the midpoint of two counter reads around it, and is
+// used only if those are < 2 us apart (so a preemption while anchoring is
+// detected, not extrapolated): at most 1 us off, typically ~20 ns; the
+// ratio's relative error (< 1e-4 after 20 ms, shrinking as the span
+// doubles) adds < 25 ns over a window. Readings are monotonic within a
+// window and may step back by the anchor error at a re-anchor.
 //
 // Used only for measurements (queue dwell, service time, rate windows), never
 // for decisions with a promise attached: deadline checks and the rate gate
@@ -52,10 +54,22 @@ namespace levee::detail {
 
 struct tsc_calibration {
   static constexpr std::int64_t min_span_ns = 20'000'000;  // 20 ms
-  tsc_calibration() noexcept
-      : base_ns(std::chrono::steady_clock::now().time_since_epoch().count()), base_tsc(__rdtsc()) {}
-  const std::int64_t base_ns;
-  const std::uint64_t base_tsc;
+  // The base pair, bracketed like tsc_reanchor's (best of a few tries).
+  tsc_calibration() noexcept {
+    std::uint64_t best = ~std::uint64_t{0};
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const std::uint64_t t1 = __rdtsc();
+      const std::int64_t ns = std::chrono::steady_clock::now().time_since_epoch().count();
+      const std::uint64_t t2 = __rdtsc();
+      if (t2 >= t1 && t2 - t1 < best) {
+        best = t2 - t1;
+        base_ns = ns;
+        base_tsc = t1 + (t2 - t1) / 2;
+      }
+    }
+  }
+  std::int64_t base_ns = 0;
+  std::uint64_t base_tsc = 0;
   std::atomic<double> ns_per_tick{0.0};  // 0: not calibrated yet
   std::atomic<std::int64_t> span_ns{0};  // the span ns_per_tick was measured over
 };
@@ -74,20 +88,42 @@ struct tsc_anchor {
 
 inline constexpr std::int64_t tsc_window_ns = 250'000;  // re-anchor every 250 us
 
+// Pairs a steady_clock reading with the counter: the clock read is
+// bracketed by two counter reads, and the pair is good only if they are at
+// most max_pair_ns apart (a preemption in between would otherwise skew every
+// extrapolation from it). The counter value used is their midpoint, so a
+// good pair is off by at most max_pair_ns / 2.
+inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
+
 [[nodiscard]] inline std::int64_t tsc_reanchor(tsc_anchor& a) noexcept {
   tsc_calibration& g = tsc_global();
-  const std::int64_t ns = std::chrono::steady_clock::now().time_since_epoch().count();
-  const std::uint64_t t = __rdtsc();
-  // Recalibrate whenever the span has doubled: the error shrinks with it.
-  const std::int64_t span = ns - g.base_ns;
-  if (span >= tsc_calibration::min_span_ns && span >= 2 * g.span_ns.load(std::memory_order_relaxed) && t > g.base_tsc) {
-    g.ns_per_tick.store(static_cast<double>(span) / static_cast<double>(t - g.base_tsc), std::memory_order_relaxed);
-    g.span_ns.store(span, std::memory_order_relaxed);
+  double ratio = g.ns_per_tick.load(std::memory_order_relaxed);
+  std::int64_t ns = 0;
+  std::uint64_t t = 0;
+  bool good = false;
+  for (int attempt = 0; attempt < 4 && !good; ++attempt) {
+    const std::uint64_t t1 = __rdtsc();
+    ns = std::chrono::steady_clock::now().time_since_epoch().count();
+    const std::uint64_t t2 = __rdtsc();
+    t = t1 + (t2 - t1) / 2;
+    // Before calibration the tick length is unknown: assume >= 0.25 ns (<= 4 GHz).
+    const double tick_ns = ratio > 0 ? ratio : 0.25;
+    good = t2 >= t1 && static_cast<double>(t2 - t1) * tick_ns <= static_cast<double>(tsc_max_pair_ns);
+  }
+  if (good) {
+    // Recalibrate whenever the span has doubled: the error shrinks with it.
+    const std::int64_t span = ns - g.base_ns;
+    if (span >= tsc_calibration::min_span_ns && span >= 2 * g.span_ns.load(std::memory_order_relaxed) && t > g.base_tsc) {
+      g.ns_per_tick.store(static_cast<double>(span) / static_cast<double>(t - g.base_tsc), std::memory_order_relaxed);
+      g.span_ns.store(span, std::memory_order_relaxed);
+      ratio = g.ns_per_tick.load(std::memory_order_relaxed);
+    }
   }
   a.tsc = t;
   a.ns = ns;
-  a.ns_per_tick = g.ns_per_tick.load(std::memory_order_relaxed);
-  a.window_ticks = a.ns_per_tick > 0 ? static_cast<std::uint64_t>(static_cast<double>(tsc_window_ns) / a.ns_per_tick) : 0;
+  a.ns_per_tick = ratio;
+  // No extrapolation from a bad pair or without a ratio: the next call reads the clock again.
+  a.window_ticks = good && ratio > 0 ? static_cast<std::uint64_t>(static_cast<double>(tsc_window_ns) / ratio) : 0;
   return ns;
 }
 

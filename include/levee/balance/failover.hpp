@@ -47,7 +47,7 @@ class failover {
 
   // The common case (one tier) is a tail call; the tier walk is out of line
   // so that the fast path never copies the result through the stack.
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (t.tiers.size() <= 1 || ctx.tier) [[likely]] return inner_.pick(s, t.inner, ctx);
     return pick_tiers(s, t, ctx);
   }

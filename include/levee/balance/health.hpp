@@ -224,7 +224,7 @@ class health {
 
   // Nothing ejected and every backend marked healthy: a tail call (the rest
   // is out of line so that this path never copies the result through the stack).
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (det_->ejected() == 0 && t.marked_healthy == s.size()) [[likely]] return inner_.pick(s, t.inner, ctx);
     return pick_unhealthy(s, t, ctx);
   }

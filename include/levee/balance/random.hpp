@@ -105,7 +105,7 @@ class random {
   using table_type = no_table;
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
   // First draw inline (see round_robin::pick), the rest out of line.
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
     if (s.empty()) return std::nullopt;
     const auto i = static_cast<std::size_t>(ctx.random().below(s.size()));
     if (ctx.eligible(s, i)) [[likely]] return i;

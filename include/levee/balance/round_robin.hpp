@@ -30,7 +30,7 @@ class round_robin {
   // result stays in registers: GCC 12 returns a non-inlined
   // std::optional<std::size_t> through a store-forwarding stall); the
   // remaining turns are out of line.
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) noexcept {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
     const std::size_t i = cursor_.next(n);

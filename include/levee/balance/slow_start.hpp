@@ -76,7 +76,7 @@ class slow_start {
   }
 
   // Disabled (window 0, the default): a tail call; the ramp is out of line.
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (o_.window.count() <= 0 || s.empty()) [[likely]] return inner_.pick(s, t.inner, ctx);
     return pick_ramped(s, t, ctx);
   }

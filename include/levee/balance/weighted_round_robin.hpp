@@ -70,7 +70,7 @@ class weighted_round_robin {
     return t;
   }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     const std::size_t period = t.sequence.size();
     if (period == 0 || s.empty()) return std::nullopt;
     // An ineligible entry is consumed like any other, so the eligible

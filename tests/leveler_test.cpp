@@ -366,6 +366,32 @@ TEST_CASE("backends: weights, run-time add/remove, per-backend metrics") {
   CHECK(m.backends[0].id == b);
 }
 
+TEST_CASE("per-backend metrics are exact after drain with worker threads (workers keep leases between jobs)") {
+  levee::leveler<int>::options o;
+  o.workers = 2;
+  o.capacity = 4096;
+  std::atomic<int> ran{0};
+  levee::leveler<int> lev(o);
+  const auto a = lev.add_backend([&](int&) { ran.fetch_add(1); });
+  const auto b = lev.add_backend([&](int&) { ran.fetch_add(1); });
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 500; ++i) REQUIRE(lev.submit(i));
+    lev.drain();
+    const auto m = lev.metrics();
+    REQUIRE(m.backends.size() == 2);
+    std::uint64_t started = 0;
+    for (const auto& be : m.backends) {
+      CHECK(be.in_flight == 0);
+      CHECK(be.started == be.succeeded + be.failed);
+      started += be.started;
+    }
+    CHECK(started == static_cast<std::uint64_t>(500 * (round + 1)));
+  }
+  CHECK(ran.load() == 10'000);
+  CHECK(lev.remove_backend(a));
+  CHECK(lev.remove_backend(b));
+}
+
 TEST_CASE("set_healthy(false) takes a backend out of rotation") {
   auto o = sim_options();
   o.health = levee::health_options::disabled();

@@ -187,6 +187,7 @@ struct leveler_handler final : leveler_handler_base<Job> {
 // leveler's stats_shard): a worker's slot is written by that worker only, so
 // two workers finishing jobs on the same backend never share a cache line.
 struct alignas(false_sharing_range) leveler_backend_counters {
+  std::atomic<std::uint64_t> started{0};
   std::atomic<std::uint64_t> succeeded{0};
   std::atomic<std::uint64_t> failed{0};
 };
@@ -199,6 +200,11 @@ struct leveler_backend {
   std::unique_ptr<leveler_backend_counters[]> counters;  // one per stats shard
   std::size_t shard_count;
 
+  [[nodiscard]] std::uint64_t started() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < shard_count; ++i) n += counters[i].started.load(std::memory_order_relaxed);
+    return n;
+  }
   [[nodiscard]] std::uint64_t succeeded() const noexcept {
     std::uint64_t n = 0;
     for (std::size_t i = 0; i < shard_count; ++i) n += counters[i].succeeded.load(std::memory_order_relaxed);
@@ -719,6 +725,11 @@ class leveler {
   struct worker_ctx {
     explicit worker_ctx(std::uint64_t seed) : rng(seed), pick_rng(seed ^ 0x9e3779b97f4a7c15ULL) {}
     std::optional<envelope> held;  // popped, waiting for a gate
+    // The lease of the job this context ran last, kept (feedback recorded)
+    // while it keeps finding work: the next pick reuses it when it lands on
+    // the same backend (balancer::try_pick_keeping). Released whenever the
+    // context stops progressing.
+    std::optional<typename balancer_type::lease> kept;
     detail::leveler_rng rng;       // backoff jitter
     levee::rng pick_rng;           // the strategy's randomness (deterministic per seed in simulation)
     stats_shard* shard = nullptr;
@@ -988,6 +999,7 @@ class leveler {
 
   void cancel_everything_queued() {
     auto& s = door_shard();
+    sim_ctx_.kept.reset();
     if (sim_ctx_.held) {
       dead_letter(s, std::move(*sim_ctx_.held), dead_letter_reason::cancelled);
       sim_ctx_.held.reset();
@@ -1035,6 +1047,7 @@ class leveler {
     } else {
       taken = pop_queue();
       if (!taken) {
+        c.kept.reset();
         const auto nr = next_retry_ns_.load(std::memory_order_acquire);
         return {progress::idle, nr == no_retry ? time_point::max() : from_ns(nr)};
       }
@@ -1051,6 +1064,7 @@ class leveler {
       return {progress::progressed, now};
     }
     auto hold = [&](progress k, time_point until) {
+      c.kept.reset();
       c.held.emplace(std::move(env));
       return progress_result{k, until};
     };
@@ -1084,10 +1098,10 @@ class leveler {
     if (env.failure && !env.failure->failed_on.empty()) {
       const auto& tried = env.failure->failed_on;
       req.exclude = std::span<const backend_id>(tried.data(), tried.size());
-      if (auto l = balancer_.try_pick(req)) return l;
+      if (auto l = balancer_.try_pick_keeping(req, c.kept)) return l;
       req.exclude = {};
     }
-    return balancer_.try_pick(req);
+    return balancer_.try_pick_keeping(req, c.kept);
   }
 
   // Runs one attempt and returns the time it ended.
@@ -1098,6 +1112,7 @@ class leveler {
     const std::int64_t start_ns = to_ns(start);
     const auto& backend = lease.payload();
     s.inc(s.started);
+    s.inc(backend->counters[s.index].started);
     s.record(s.dwell, static_cast<std::uint64_t>(std::max<std::int64_t>(0, start_ns - to_ns(env.ready))));
     s.count_dispatch(start_ns);
     if (env.attempts == 0 && opts_.retry.max_attempts > 1) budget_.deposit(start_ns);
@@ -1122,12 +1137,14 @@ class leveler {
     s.record(s.service, static_cast<std::uint64_t>(service.count()));
     const backend_id id = lease.id();
     // Per-backend outcome counters while the lease still keeps the backend
-    // alive; then feedback and release in one step.
+    // alive; then the feedback, and the lease is kept for the next pick
+    // (released when this context runs out of work; see worker_ctx::kept).
     s.inc(result.ok() ? backend->counters[s.index].succeeded : backend->counters[s.index].failed);
     {
       typename detail::leveler_cached_clock<Clock>::scope at_end(end);
-      lease.finish_and_release(result.ok() ? outcome::success : outcome::failure, service);
+      lease.record(result.ok() ? outcome::success : outcome::failure, service);
     }
+    c.kept.emplace(std::move(lease));
     if (permit) permit->release();
     if (adaptive_) {
       // One sample per completed attempt: its latency, the attempts in flight
@@ -1251,6 +1268,7 @@ class leveler {
       work_.wait_until(ticket, r.until);
       now = clock_.now();
     }
+    c.kept.reset();
     if (c.held) {
       dead_letter(s, std::move(*c.held), dead_letter_reason::cancelled);
       c.held.reset();
@@ -1401,15 +1419,20 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
       b.id = st.id;
       b.weight = static_cast<double>(st.weight);
       b.tier = static_cast<std::uint32_t>(st.tier);
-      b.in_flight = static_cast<std::size_t>(std::max<std::int64_t>(0, st.in_flight));
+      // Lease counts include workers between two jobs on this backend (see
+      // balancer::try_pick_keeping); the leveler's own counters are exact.
+      b.in_flight = 0;
       b.max_in_flight = st.max_in_flight;
       b.latency_ewma = std::chrono::duration_cast<std::chrono::nanoseconds>(st.latency_ewma);
       b.ejected = st.ejected;
       b.healthy = st.healthy;
       if (auto it = backends_.find(st.id); it != backends_.end()) {
+        // started first: a job counted as finished was counted as started.
+        b.started = it->second->started();
         b.succeeded = it->second->succeeded();
         b.failed = it->second->failed();
-        b.started = b.succeeded + b.failed + b.in_flight;
+        b.started = std::max(b.started, b.succeeded + b.failed);
+        b.in_flight = static_cast<std::size_t>(b.started - b.succeeded - b.failed);
       }
       if (b.ejected) ++m.ejected_backends;
       m.backends.push_back(b);

@@ -250,31 +250,27 @@ class balancer {
   // Allocation: none. Memory ordering: the pick reads a complete snapshot
   // (see snapshot_cell); load counters are relaxed and may be slightly stale.
   [[nodiscard]] std::optional<lease> try_pick(const pick_request& r = {}) {
-    rng& g = r.random != nullptr ? *r.random : detail::thread_rng();
-    pick_context ctx(g);
-    // Field by field: a whole-optional copy is one 16-byte load of what the
-    // caller just wrote as an 8-byte value and a 1-byte flag, which cannot be
-    // forwarded from the store buffer (a ~12-cycle stall per pick).
-    if (r.key.has_value()) ctx.key = *r.key;
-    ctx.tried = r.exclude;
-    ctx.set_clock(&now_thunk, shared_.get());
-    auto guard = cell_.read();
-    const block* b = guard.get();
-    if (b == nullptr) return std::nullopt;
-    for (int attempt = 0; attempt < 8; ++attempt) {
-      // Unwrapped at once into a plain index: GCC 12 otherwise spills the
-      // optional and reloads it with a wider load than the stores that wrote
-      // it (a store-forwarding stall on every pick).
-      const std::size_t i = strategy_.pick(b->view, b->table, ctx).value_or(npos);
-      if (i == npos) return std::nullopt;
-      node* n = b->nodes[i];
-      // The slot is also the lease's reference on the node (safe: the
-      // snapshot holds one while we are inside the read section).
-      if (!acquire_slot(n->cell, b->view[i].max_in_flight)) continue;  // lost the last slot to another thread
-      if constexpr (track_total) shared_->total_in_flight.fetch_add(1, std::memory_order_relaxed);
-      return std::optional<lease>(lease(n));
-    }
-    return std::nullopt;
+    std::optional<lease> none;
+    return pick_impl(r, none);
+  }
+
+  // try_pick for a caller that holds `kept`: a lease it took earlier, gave
+  // its feedback with lease::record(), and runs no job on any more (a worker
+  // between two jobs). If the pick lands on kept's backend, kept itself is
+  // returned and the backend's in-flight count is not touched (no
+  // read-modify-write on a cache line that every worker finishing there
+  // writes); otherwise kept is released and a new lease is returned as by
+  // try_pick. The shortcut applies only when the strategy does not read
+  // in-flight counts (strategy_traits<S>::reads_load == false: the caller's
+  // own slot cannot bias the pick) and no backend has a max_in_flight; it
+  // changes no pick, only the count's bookkeeping: kept's backend counts the
+  // caller as in flight until it takes another backend or releases kept.
+  // kept is empty afterwards in every case. Blocking, allocation and memory
+  // ordering as try_pick.
+  [[nodiscard]] std::optional<lease> try_pick_keeping(const pick_request& r, std::optional<lease>& kept) {
+    std::optional<lease> out = pick_impl(r, kept);
+    kept.reset();
+    return out;
   }
 
   [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
@@ -354,7 +350,8 @@ class balancer {
 
   struct block {
     block(backend_snapshot v, std::vector<node*> ns, const composed_type& s)
-        : view(std::move(v)), nodes(std::move(ns)), table(s.build(view)) {}
+        : view(std::move(v)), nodes(std::move(ns)), table(s.build(view)),
+          uncapped(std::all_of(view.begin(), view.end(), [](const backend_entry& e) { return e.max_in_flight == 0; })) {}
     block(const block&) = delete;
     block& operator=(const block&) = delete;
     ~block() {
@@ -363,6 +360,7 @@ class balancer {
     backend_snapshot view;
     std::vector<node*> nodes;  // parallel to view
     typename composed_type::table_type table;
+    bool uncapped;  // no backend has a max_in_flight (try_pick_keeping may hand a held lease back)
   };
 
   // Drops `amount` (an owner reference or one unfinished lease); the last
@@ -370,6 +368,42 @@ class balancer {
   // sees every write made by other owners (payload use, cell updates) first.
   static void release(node* n, std::int64_t amount = load_cell::owner_unit) noexcept {
     if (n->cell.in_flight.fetch_sub(amount, std::memory_order_acq_rel) == amount) delete n;
+  }
+
+  static constexpr bool keep_allowed = !strategy_traits<composed_type>::reads_load;
+
+  std::optional<lease> pick_impl(const pick_request& r, std::optional<lease>& kept) {
+    rng& g = r.random != nullptr ? *r.random : detail::thread_rng();
+    pick_context ctx(g);
+    // Field by field: a whole-optional copy is one 16-byte load of what the
+    // caller just wrote as an 8-byte value and a 1-byte flag, which cannot be
+    // forwarded from the store buffer (a ~12-cycle stall per pick).
+    if (r.key.has_value()) ctx.key = *r.key;
+    ctx.tried = r.exclude;
+    ctx.set_clock(&now_thunk, shared_.get());
+    auto guard = cell_.read();
+    const block* b = guard.get();
+    if (b == nullptr) return std::nullopt;
+    // Where the shortcut does not apply, kept's slot must not count against
+    // its backend (max_in_flight, load-aware strategies) during the pick.
+    if (!(keep_allowed && b->uncapped)) kept.reset();
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      // Unwrapped at once into a plain index: GCC 12 otherwise spills the
+      // optional and reloads it with a wider load than the stores that wrote
+      // it (a store-forwarding stall on every pick).
+      const std::size_t i = strategy_.pick(b->view, b->table, ctx).value_or(npos);
+      if (i == npos) return std::nullopt;
+      node* n = b->nodes[i];
+      if constexpr (keep_allowed) {
+        if (kept && kept->n_ == n && !kept->done_) return std::move(kept);
+      }
+      // The slot is also the lease's reference on the node (safe: the
+      // snapshot holds one while we are inside the read section).
+      if (!acquire_slot(n->cell, b->view[i].max_in_flight)) continue;  // lost the last slot to another thread
+      if constexpr (track_total) shared_->total_in_flight.fetch_add(1, std::memory_order_relaxed);
+      return std::optional<lease>(lease(n));
+    }
+    return std::nullopt;
   }
 
   static bool acquire_slot(load_cell& c, std::size_t max) noexcept {
@@ -485,6 +519,18 @@ class balancer {
       // payload stays alive until the lease is destroyed.
       n_->cell.in_flight.fetch_add(load_cell::owner_unit - 1, std::memory_order_release);
       if constexpr (track_total) n_->shared->total_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    }
+
+    // Records the result like finish() but keeps the slot: the lease stays
+    // open, for a caller that will offer it to try_pick_keeping() for its
+    // next job (or destroy it, which then only releases the slot). Call once
+    // per job run on the lease. Lock-free; reads the balancer's clock once.
+    void record(outcome o, std::chrono::nanoseconds latency) noexcept {
+      if (n_ == nullptr || done_) return;
+      shared_state& sh = *n_->shared;
+      const std::int64_t now = sh.now_ns();
+      if (feed_latency()) n_->cell.record_latency(latency.count(), now, sh.decay_ns);
+      sh.detector->record(n_->cell, o, now);
     }
 
     // finish() and destruction in one step: records the result and releases

@@ -185,6 +185,7 @@ class health {
  public:
   static constexpr bool needs_total_load = strategy_traits<S>::needs_total_load;
   static constexpr std::size_t filter_depth = strategy_traits<S>::filter_depth + 1;
+  static constexpr bool reads_load = strategy_traits<S>::reads_load;
 
   struct table_type {
     typename S::table_type inner;

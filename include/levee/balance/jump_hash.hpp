@@ -32,6 +32,7 @@ struct jump_hash_options {
 // [0, n), and jump_back(h, n + 1) is jump_back(h, n) or n.
 class jump_hash {
  public:
+  static constexpr bool reads_load = false;
   // Whether the snapshot's backends are all open (detail::all_open): then an
   // unrestricted pick needs no eligibility check. O(n) to build, one byte.
   struct table_type {

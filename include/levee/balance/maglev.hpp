@@ -48,6 +48,7 @@ namespace detail {
 // The table depends only on (ids, weights, M, seed): identical in every process.
 class maglev {
  public:
+  static constexpr bool reads_load = false;
   struct table_type {
     std::vector<std::uint32_t> entry;  // backend index per slot
     bool open = false;                 // detail::all_open of the snapshot

@@ -102,6 +102,7 @@ template <class Draw>
 // Uniformly random backend, weights ignored. O(1) expected.
 class random {
  public:
+  static constexpr bool reads_load = false;
   using table_type = no_table;
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
   // First draw inline (see round_robin::pick), the rest out of line.
@@ -132,6 +133,7 @@ class random {
 // on an all-open snapshot is one random number and one table load.
 class weighted_random {
  public:
+  static constexpr bool reads_load = false;
   using table_type = detail::alias_table;
   [[nodiscard]] table_type build(const backend_snapshot& s) const { return table_type(s); }
   [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {

@@ -22,6 +22,7 @@ struct rendezvous_options {
 // Without a key, a random key is drawn.
 class rendezvous {
  public:
+  static constexpr bool reads_load = false;
   struct table_type {
     bool equal_weights = true;
   };

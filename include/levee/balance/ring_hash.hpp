@@ -48,6 +48,7 @@ struct ring_hash_options {
 // sets (and rings of more than 2^22 buckets) use the bucket index alone.
 class ring_hash {
  public:
+  static constexpr bool reads_load = false;
   struct table_type {
     std::vector<std::uint64_t> hashes;  // sorted
     std::vector<std::uint32_t> owner;   // backend index per point

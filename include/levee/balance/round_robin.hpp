@@ -19,6 +19,7 @@ namespace levee {
 // linear scan finishes the pick. O(1) when the backend is eligible; O(n) worst case.
 class round_robin {
  public:
+  static constexpr bool reads_load = false;
   using table_type = no_table;
 
   round_robin() : round_robin(detail::fresh_seed()) {}

@@ -157,6 +157,7 @@ concept admitting_strategy = strategy<S> && requires(S& s, const backend_snapsho
 
 // What a strategy may declare (all optional):
 //   static constexpr bool needs_total_load   - wants backend_snapshot::total_in_flight() in O(1)
+//   static constexpr bool reads_load         - false if pick() never reads in-flight counts
 //   static constexpr std::size_t filter_depth - filters it pushes, including inner strategies
 //   std::chrono::nanoseconds latency_decay() const - decay of the latency EWMA it reads
 template <class S>
@@ -164,6 +165,14 @@ struct strategy_traits {
   static constexpr bool needs_total_load = [] {
     if constexpr (requires { S::needs_total_load; }) return static_cast<bool>(S::needs_total_load);
     else return false;
+  }();
+  // Whether picks read backends' in-flight counts. Conservative default
+  // true; strategies that never do declare reads_load = false, which lets
+  // balancer::try_pick_keeping hand a caller's held lease back without
+  // touching the count (its own slot cannot bias a pick that ignores loads).
+  static constexpr bool reads_load = [] {
+    if constexpr (requires { S::reads_load; }) return static_cast<bool>(S::reads_load);
+    else return true;
   }();
   static constexpr std::size_t filter_depth = [] {
     if constexpr (requires { S::filter_depth; }) return static_cast<std::size_t>(S::filter_depth);

@@ -23,6 +23,7 @@ namespace levee {
 // from_start() (NGINX's behaviour, used by the golden-sequence tests).
 class weighted_round_robin {
  public:
+  static constexpr bool reads_load = false;
   static constexpr std::uint64_t max_period = 65536;
 
   struct table_type {

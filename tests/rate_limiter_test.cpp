@@ -719,6 +719,18 @@ TEST_CASE("try_acquire_until / for: fail fast when the deadline cannot be met, s
   th.join();
   CHECK(result.load() == 1);
   CHECK(clk.now() >= tp(1s));
+  // the one-permit spellings
+  manual_clock clk2;
+  limiter one(rate::per_second(1), 1, clk2);
+  const tp t1 = clk2.now();
+  REQUIRE(one.try_acquire(1, t1));
+  CHECK_FALSE(one.try_acquire_until(t1 + 500ms));
+  CHECK_FALSE(one.try_acquire_for(500ms));
+  clk2.set(t1 + 1s);
+  CHECK(one.try_acquire_until(t1 + 1s));
+  clk2.set(t1 + 2s);
+  CHECK(one.try_acquire_for(0ms));
+  CHECK_FALSE(one.try_acquire(1, t1 + 2s));
 }
 
 TEST_CASE("real clock: acquire paces at roughly the rate (generous bounds)") {

@@ -383,6 +383,12 @@ class rate_limiter {
   [[nodiscard]] bool try_acquire_for(std::uint64_t n, std::chrono::duration<Rep, Per> timeout) {
     return try_acquire_until(n, clock_.now() + std::chrono::ceil<duration>(timeout));
   }
+  // One permit.
+  [[nodiscard]] bool try_acquire_until(time_point deadline) { return try_acquire_until(1, deadline); }
+  template <class Rep, class Per>
+  [[nodiscard]] bool try_acquire_for(std::chrono::duration<Rep, Per> timeout) {
+    return try_acquire_for(1, timeout);
+  }
 
   // Changes the rate atomically. The current debt is kept in permits (the
   // number of permits available now is unchanged), so lowering the rate

@@ -565,29 +565,31 @@ TEST_CASE("set_rate / set_burst change the gate at run time; without a gate they
   CHECK_THROWS_AS(plain.set_concurrency_limit(5), std::logic_error);
 }
 
-TEST_CASE("burst 0 means auto: ceil(rate x 2 ms), at least 2") {
+TEST_CASE("burst 0 means auto: ceil(rate x 5 ms), at least 2") {
   auto o = sim_options();
   o.rate = levee::rate::per_second(100'000);
-  CHECK(sim_t(o).metrics().burst == 200);
+  CHECK(sim_t(o).metrics().burst == 500);
   o.rate = levee::rate::per_second(10);
   CHECK(sim_t(o).metrics().burst == 2);
   o.rate = levee::rate::per_second(1000);
-  CHECK(sim_t(o).metrics().burst == 2);
+  CHECK(sim_t(o).metrics().burst == 5);
+  o.rate = levee::rate::per_second(10'000);
+  CHECK(sim_t(o).metrics().burst == 50);
 }
 
-TEST_CASE("auto burst keeps a 100 us jitter reserve: the gate admits b - floor(r x 100 us) at once") {
+TEST_CASE("auto burst keeps a 100 us jitter reserve: the gate admits b - max(1, floor(r x 100 us)) at once") {
   // Handlers start a little after their admission. If the first burst's
   // handlers start 100 us late and later ones on time, the start times must
   // still respect b + r x w for the reported b: that is what the reserve is for.
   auto dispatch_times = [](std::uint64_t burst, std::uint64_t* reported) {
     levee::manual_clock clk;
     auto o = sim_options();
-    o.capacity = 1000;
+    o.capacity = 2000;
     o.rate = levee::rate::per_second(100'000);
     o.burst = burst;
     std::vector<tp> at;
     sim_t lev(o, [&](int&) { at.push_back(clk.now()); }, clk);
-    for (int i = 0; i < 500; ++i) REQUIRE(lev.try_submit(i));
+    for (int i = 0; i < 1500; ++i) REQUIRE(lev.try_submit(i));
     lev.drain();
     *reported = lev.metrics().burst;
     const tp first = at.front();
@@ -598,12 +600,42 @@ TEST_CASE("auto burst keeps a 100 us jitter reserve: the gate admits b - floor(r
   };
   std::uint64_t b = 0;
   const auto automatic = dispatch_times(0, &b);
-  CHECK(b == 200);
+  CHECK(b == 500);
   CHECK(levee::check_conformance(automatic, levee::rate::per_second(100'000), b).ok);
-  // The same delays with an explicit burst of 200 (no reserve) break the envelope.
-  const auto explicit_200 = dispatch_times(200, &b);
-  CHECK(b == 200);
-  CHECK_FALSE(levee::check_conformance(explicit_200, levee::rate::per_second(100'000), b).ok);
+  // The same delays with an explicit burst of 500 (no reserve) break the envelope.
+  const auto explicit_500 = dispatch_times(500, &b);
+  CHECK(b == 500);
+  CHECK_FALSE(levee::check_conformance(explicit_500, levee::rate::per_second(100'000), b).ok);
+}
+
+TEST_CASE("auto burst at 1k/s: one token of reserve, so a late first burst still keeps b + r x w") {
+  auto dispatch_times = [](std::uint64_t burst, std::uint64_t* reported) {
+    levee::manual_clock clk;
+    auto o = sim_options();
+    o.capacity = 100;
+    o.rate = levee::rate::per_second(1000);
+    o.burst = burst;
+    std::vector<tp> at;
+    sim_t lev(o, [&](int&) { at.push_back(clk.now()); }, clk);
+    for (int i = 0; i < 50; ++i) REQUIRE(lev.try_submit(i));
+    lev.drain();
+    *reported = lev.metrics().burst;
+    REQUIRE(at.size() == 50);
+    const tp first = at.front();
+    const auto n = std::count(at.begin(), at.end(), first);
+    for (auto& t : at)
+      if (t == first) t += 900us;  // the initial burst's handlers start up to one interval late
+    std::sort(at.begin(), at.end());
+    return std::pair{at, n};
+  };
+  std::uint64_t b = 0;
+  const auto [automatic, first_burst] = dispatch_times(0, &b);
+  CHECK(b == 5);
+  CHECK(first_burst == 4);  // the gate's own burst: b - 1
+  CHECK(levee::check_conformance(automatic, levee::rate::per_second(1000), b).ok);
+  const auto [explicit_5, first_5] = dispatch_times(5, &b);
+  CHECK(first_5 == 5);
+  CHECK_FALSE(levee::check_conformance(explicit_5, levee::rate::per_second(1000), 5).ok);
 }
 
 TEST_CASE("metrics of a live leveler render as Prometheus text") {

@@ -285,7 +285,7 @@ class leveler {
     overflow_policy overflow = overflow_policy::block;  // what submit() does when full
     bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
-    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 2 ms), at least 2 (see jitter_reserve)
+    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 5 ms), at least 2 (see jitter_reserve)
     std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
     std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
@@ -763,21 +763,24 @@ class leveler {
     return o;
   }
 
-  // Enough credit to absorb ~2 ms of wake-up lateness (timer slack is
-  // ~50-100 us, scheduling delays more): a late worker dispatches the missed
+  // Enough credit to absorb ~5 ms of wake-up lateness (timer slack is
+  // ~50-100 us, scheduling delays on a loaded machine several ms; 2 ms
+  // measured short by 1-2% under load): a late worker dispatches the missed
   // tokens as a catch-up batch, so the long-run rate stays exact. With burst
   // 1 every late wake-up would be lost time.
   static std::uint64_t auto_burst(const levee::rate& r) {
-    const double per_2ms = r.per_second_value() / 500.0;
-    return std::max<std::uint64_t>(2, static_cast<std::uint64_t>(std::ceil(per_2ms)));
+    const double per_5ms = r.per_second_value() / 200.0;
+    return std::max<std::uint64_t>(2, static_cast<std::uint64_t>(std::ceil(per_5ms)));
   }
   // With the automatic burst b, the gate itself admits at most b minus the
-  // tokens of 100 us: a handler starts a little after its admission (and
-  // workers run in parallel), and this reserve keeps the times handlers
-  // start - what a downstream sees - within b + r x w as long as those
-  // delays differ by at most 100 us. Always < b / 2 (b >= r x 2 ms).
+  // tokens of 100 us, and at least one token when b > 2: a handler starts a
+  // little after its admission (and workers run in parallel), and this
+  // reserve keeps the times handlers start - what a downstream sees - within
+  // b + r x w as long as those delays differ by at most 100 us (by at most
+  // one interval at rates below 10k/s). Always < b / 2.
   static std::uint64_t jitter_reserve(const levee::rate& r) {
-    return static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0));
+    if (auto_burst(r) <= 2) return 0;
+    return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0)));
   }
 
   void require_simulation(const char* fn) const {

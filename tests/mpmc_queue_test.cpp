@@ -467,3 +467,50 @@ TEST_CASE("mpmc_queue: close wakes blocked and timed waiters on both sides promp
   CHECK(full_q.pop() == 0);  // still drains
   CHECK_FALSE(full_q.pop().has_value());
 }
+
+TEST_CASE("mpmc_queue: push_count counts successful pushes exactly, across laps, bulk pushes and close") {
+  for (std::size_t cap : {1u, 2u, 3u, 5u, 8u, 1000u}) {
+    INFO("capacity " << cap);
+    levee::mpmc_queue<int> q(cap);
+    CHECK(q.push_count() == 0);
+    std::uint64_t pushed = 0;
+    int x = 0;
+    for (int round = 0; round < 7; ++round) {  // several laps
+      while (q.try_push(round)) ++pushed;
+      CHECK(q.push_count() == pushed);  // the failed push did not count
+      const int pops = round % 2 == 0 ? static_cast<int>(cap) : std::max(1, static_cast<int>(cap) / 2);
+      for (int k = 0; k < pops; ++k) REQUIRE(q.try_pop(x));
+      CHECK(q.push_count() == pushed);  // pops do not change it
+    }
+    std::array<int, 4> ints{1, 2, 3, 4};
+    while (q.try_pop(x)) {
+    }
+    const std::size_t n = q.try_push_bulk(ints.begin(), ints.size());
+    pushed += n;
+    CHECK(n == std::min<std::size_t>(4, cap));
+    CHECK(q.push_count() == pushed);
+    q.close();
+    CHECK_FALSE(q.try_push(9));
+    CHECK(q.push_count() == pushed);  // the closed flag is not counted
+  }
+}
+
+TEST_CASE("mpmc_queue: push_count under concurrent producers equals the number of accepted pushes") {
+  levee::mpmc_queue<int> q(64);
+  std::atomic<std::uint64_t> ok{0};
+  std::atomic<bool> stop{false};
+  std::thread consumer([&] {
+    int x = 0;
+    while (!stop.load() || q.size_approx() != 0) (void)q.try_pop(x);
+  });
+  std::vector<std::thread> ps;
+  for (int p = 0; p < 4; ++p)
+    ps.emplace_back([&] {
+      for (int i = 0; i < 20000; ++i)
+        if (q.try_push(i)) ok.fetch_add(1);
+    });
+  for (auto& t : ps) t.join();
+  stop = true;
+  consumer.join();
+  CHECK(q.push_count() == ok.load());
+}

@@ -635,7 +635,7 @@ class leveler {
     for (std::size_t i = 0; i <= opts_.workers; ++i) done += shards_[i].finished();
     // Final states are counted with release after the acceptance, so
     // reading them (acquire) before `accepted` never yields done > accepted.
-    const std::uint64_t accepted = door_.accepted.load(std::memory_order_acquire);
+    const std::uint64_t accepted = accepted_total();
     return accepted > done ? accepted - done : 0;
   }
 
@@ -820,8 +820,16 @@ class leveler {
   [[nodiscard]] bool in_handler() const noexcept { return current_ == this; }
 
   // ---------------------------------------------------------- submit --
+  // Every accepted job is pushed into the ingress queue exactly once (retries
+  // go to the retry heap), so the queue's push count is the acceptance count:
+  // no counter of its own to increment per submit. A push counts from the
+  // moment it claims its slot, before a worker can pop the job; a job's
+  // final state is counted with release after the worker acquired the slot,
+  // so a reader that acquires the final-state counters first and this count
+  // second never sees more jobs finished than accepted.
+  [[nodiscard]] std::uint64_t accepted_total() const noexcept { return queue_.push_count(); }
   [[nodiscard]] std::uint64_t submitted_total() const noexcept {
-    return door_.accepted.load(std::memory_order_relaxed) + door_.rejected_full.load(std::memory_order_relaxed) +
+    return accepted_total() + door_.rejected_full.load(std::memory_order_relaxed) +
            door_.rejected_closed.load(std::memory_order_relaxed) + door_.rejected_deadline.load(std::memory_order_relaxed) +
            door_.rejected_timeout.load(std::memory_order_relaxed);
   }
@@ -865,8 +873,9 @@ class leveler {
   // High-water mark of outstanding(): exact in simulation mode; with worker
   // threads sampled at every 64th acceptance (reading every worker's
   // counters on each submission would make producers and workers contend).
-  void track_peak(std::uint64_t accepted_seq) noexcept {
-    if (opts_.workers != 0 && (accepted_seq & 63) != 0) return;
+  void track_peak() noexcept {
+    // The push count is on the line this submit's push just wrote.
+    if (opts_.workers != 0 && (accepted_total() & 63) != 0) return;
     const std::uint64_t now_out = outstanding();
     std::uint64_t peak = outstanding_peak_.load(std::memory_order_relaxed);
     while (now_out > peak && !outstanding_peak_.compare_exchange_weak(peak, now_out, std::memory_order_relaxed)) {
@@ -896,19 +905,13 @@ class leveler {
         return reject(std::move(job), submit_status::would_miss_deadline);
     }
     envelope env{std::move(job), jo.key.value_or(0), deadline, now, 0, jo.key.has_value(), nullptr};
-    // Counted before the push so that no snapshot ever shows a job finished
-    // before it was accepted; undone if the push finally fails.
-    const std::uint64_t seq = door_.accepted.fetch_add(1, std::memory_order_relaxed) + 1;
-    auto refuse = [&](submit_status st) {
-      door_.accepted.fetch_sub(1, std::memory_order_relaxed);
-      quiet_.notify();  // a drain() may have seen this attempt as outstanding
-      return reject(std::move(env.job), st);
-    };
+    // The acceptance is counted by the push itself (see accepted_total).
+    auto refuse = [&](submit_status st) { return reject(std::move(env.job), st); };
     int spins = 0;
     for (;;) {
       if (push(env)) {
         work_.notify_one();
-        track_peak(seq);
+        track_peak();
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
       if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) return refuse(submit_status::closed);
@@ -932,7 +935,7 @@ class leveler {
       if (push(env)) {
         space_.cancel();
         work_.notify_one();
-        track_peak(seq);
+        track_peak();
         return submit_result<Job>{submit_status::accepted, std::nullopt};
       }
       if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) {
@@ -1342,7 +1345,7 @@ class leveler {
   std::atomic<std::int64_t> next_retry_ns_{no_retry};
 
   struct alignas(detail::false_sharing_range) door_counters {
-    std::atomic<std::uint64_t> accepted{0};
+    // (accepted: the ingress queue's push count, see accepted_total)
     std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0}, rejected_timeout{0};
   } door_;
   std::atomic<std::uint64_t> outstanding_peak_{0};
@@ -1391,7 +1394,7 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   // Read after the final-state counters, which were read with acquire (they
   // are incremented with release after the job's acceptance), so a snapshot
   // never shows more jobs finished than accepted.
-  m.accepted = door_.accepted.load(std::memory_order_acquire);
+  m.accepted = accepted_total();
   m.rejected.full = door_.rejected_full.load(std::memory_order_relaxed);
   m.rejected.closed = door_.rejected_closed.load(std::memory_order_relaxed);
   m.rejected.would_miss_deadline = door_.rejected_deadline.load(std::memory_order_relaxed);

@@ -405,6 +405,15 @@ class mpmc_queue {
     return tail == head ? 0 : capacity();
   }
 
+  // Number of elements pushed since construction: monotonic and exact. A
+  // push counts from the moment it claims its position, which is before its
+  // element can be popped; failed pushes never count.
+  // Memory ordering: an acquire load of the producers' position.
+  [[nodiscard]] std::uint64_t push_count() const noexcept {
+    const std::uint64_t tail = prod_.tail.load(std::memory_order_acquire) & ~consts_.mark_bit;
+    return (tail >> std::countr_zero(consts_.one_lap)) * consts_.capacity + index_of(tail);
+  }
+
   [[nodiscard]] allocator_type get_allocator() const { return allocator_type(consts_.alloc); }
 
  private:

@@ -3,8 +3,11 @@
 // properties are in leveler_simulation_test.cpp, races in leveler_stress_test.cpp.
 #include <levee/conformance.hpp>
 #include <levee/leveler.hpp>
+#include <levee/mpmc_queue.hpp>
 
 #include <doctest/doctest.h>
+
+#include "test_support.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -494,6 +498,8 @@ TEST_CASE("lifecycle: close keeps running queued work; drain waits; stop cancels
   });
   for (int i = 0; i < 100; ++i) REQUIRE(lev.submit(i));
   REQUIRE(eventually([&] { return lev.metrics().in_flight == 1; }));
+  // Not started: in the queue or in the worker's batch, both counted as queued.
+  CHECK(lev.metrics().queue_depth == 99);
   std::thread stopper([&] { lev.stop(); });
   // stop() marks the leveler stopping and cancels what is queued before it
   // joins the workers: once all 99 queued jobs are cancelled, the running
@@ -835,4 +841,136 @@ TEST_CASE("outcomes feed outlier ejection: a failing backend is ejected and its 
   for (int i = 0; i < 10; ++i) REQUIRE(lev.try_submit(i));
   lev.drain();
   CHECK(bad_calls.load() > 3);
+}
+
+TEST_CASE("batching: a slow handler never strands the jobs a worker took with it") {
+  // With a deep queue of short jobs a worker takes up to 32 jobs per claim.
+  // The job that blocks here waits until every other job has run, which only
+  // happens if the other worker takes the jobs batched behind it (unless it
+  // happens to be the last of its batch: ~1 run in 32 would not notice).
+  constexpr int n = LEVEE_TEST_SANITIZED ? 2000 : 20000;
+  constexpr int slow = n / 2;
+  levee::leveler<int>::options o;
+  o.workers = 2;
+  o.capacity = n;
+  gate g;
+  std::atomic<int> others{0};
+  std::atomic<bool> saw_all{false};
+  levee::leveler<int> lev(o, [&](int& j) {
+    if (j < 2) g.wait();  // both workers wait here while the queue fills up
+    if (j != slow) {
+      others.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    saw_all = eventually([&] { return others.load() == n - 1; }, 20s);
+  });
+  REQUIRE(lev.submit(0));
+  REQUIRE(eventually([&] { return lev.metrics().in_flight == 1; }));
+  REQUIRE(lev.submit(1));
+  REQUIRE(eventually([&] { return lev.metrics().in_flight == 2; }));
+  for (int i = 2; i < n; ++i) REQUIRE(lev.submit(i));
+  CHECK(lev.metrics().queue_depth == static_cast<std::size_t>(n - 2));
+  g.open();
+  lev.drain();
+  CHECK(saw_all);
+  CHECK(others == n - 1);
+  const auto m = lev.metrics();
+  CHECK(m.succeeded == static_cast<std::uint64_t>(n));
+  CHECK(m.queue_depth == 0);
+}
+
+namespace {
+struct counted {
+  static inline std::atomic<long> live{0};
+  int v;
+  explicit counted(int x) noexcept : v(x) { ++live; }
+  counted(counted&& o) noexcept : v(o.v) {
+    o.v = -1;
+    ++live;
+  }
+  counted& operator=(counted&& o) noexcept {
+    v = o.v;
+    o.v = -1;
+    return *this;
+  }
+  ~counted() { --live; }
+};
+}  // namespace
+
+TEST_CASE("leveler_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
+  {
+    levee::mpmc_queue<counted> q(64);
+    for (int i = 0; i < 20; ++i) REQUIRE(q.try_emplace(i));
+    levee::detail::leveler_batch<counted, 8> b;
+    auto pop = [&](auto out, std::size_t max) noexcept { return q.try_pop_bulk(out, max); };
+    CHECK(b.refillable());
+    CHECK(b.refill(pop) == 8);
+    CHECK(b.size_approx() == 8);
+    CHECK_FALSE(b.refillable());
+    CHECK(b.take(true)->v == 0);
+    CHECK(b.take(false)->v == 1);  // a thief takes from the same front
+    for (int i = 2; i < 8; ++i) {
+      CHECK_FALSE(b.refillable());  // refillable only once the last one is out
+      auto e = b.take(i % 2 == 0);
+      REQUIRE(e);
+      CHECK(e->v == i);
+    }
+    CHECK_FALSE(b.take(true));
+    CHECK(b.refillable());
+    CHECK(b.refill(pop) == 8);  // wraps around the same slots
+    for (int i = 8; i < 16; ++i) CHECK(b.take(true)->v == i);
+    CHECK(b.refill(pop) == 4);  // what the queue has left
+    CHECK(b.size_approx() == 4);
+    CHECK(b.take(false)->v == 16);
+    CHECK_FALSE(b.refillable());
+    CHECK(q.size_approx() == 0);
+    CHECK(counted::live == 3);  // 17, 18, 19 still in the batch
+  }
+  CHECK(counted::live == 0);  // the batch destroys what it still holds
+}
+
+TEST_CASE("leveler_batch: one owner refilling and three thieves under oversubscription deliver every job exactly once") {
+  constexpr int n = LEVEE_TEST_SANITIZED ? 20000 : 200000;
+  levee::mpmc_queue<int> q(256);
+  levee::detail::leveler_batch<int, 32> b;
+  std::vector<std::atomic<int>> seen(n);
+  std::atomic<int> delivered{0};
+  std::atomic<bool> done{false};
+  std::thread producer([&] {
+    for (int i = 0; i < n; ++i)
+      while (!q.try_push(i)) std::this_thread::yield();
+  });
+  std::thread owner([&] {
+    auto pop = [&](auto out, std::size_t max) noexcept { return q.try_pop_bulk(out, max); };
+    while (delivered.load() < n) {
+      std::optional<int> e = b.take(true);
+      if (!e && b.refillable() && b.refill(pop) != 0) e = b.take(true);
+      if (!e) {
+        std::this_thread::yield();
+        continue;
+      }
+      seen[static_cast<std::size_t>(*e)].fetch_add(1);
+      delivered.fetch_add(1);
+    }
+  });
+  std::vector<std::thread> thieves;
+  for (int t = 0; t < 3; ++t)
+    thieves.emplace_back([&] {
+      while (!done.load()) {
+        if (auto e = b.take(false)) {
+          seen[static_cast<std::size_t>(*e)].fetch_add(1);
+          delivered.fetch_add(1);
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    });
+  producer.join();
+  owner.join();
+  done = true;
+  for (auto& t : thieves) t.join();
+  int wrong = 0;
+  for (auto& s : seen) wrong += s.load() != 1;
+  CHECK(wrong == 0);
+  CHECK(delivered == n);
 }

@@ -51,6 +51,13 @@ class pick_context {
   bool ignore_health = false;            // set by health in panic: route over every backend
   bool last_resort = false;              // set by failover on its final pass over the tiers
 
+ private:
+  // Next to the flags above, so that one store clears them all.
+  bool has_now_ = false;
+  std::uint8_t nfilters_ = 0;
+
+ public:
+
   [[nodiscard]] rng& random() noexcept { return *rng_; }
 
   // Time for time-dependent pieces (ns since the clock's epoch). Read from the
@@ -116,11 +123,9 @@ class pick_context {
 
   rng* rng_;
   std::int64_t (*now_fn_)(const void*) = nullptr;
-  const void* clock_ = nullptr;
-  std::int64_t now_ = 0;
-  bool has_now_ = false;
+  const void* clock_;  // set with now_fn_
+  std::int64_t now_;   // valid when has_now_
   std::array<pick_filter, max_filters> filters_;  // [0, nfilters_) are set
-  std::size_t nfilters_ = 0;
 };
 
 // The strategy concept. pick() is called concurrently from many threads on

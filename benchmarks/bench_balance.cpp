@@ -118,7 +118,7 @@ struct setup {
 };
 
 template <class S>
-double time_strategy(const S& proto, std::size_t n, int threads, bool linear) {
+double time_strategy(const S& proto, std::size_t n, int threads, bool linear, bool keyed) {
   setup st(n);
   S s = proto;
   const auto table = s.build(st.snap);
@@ -129,7 +129,7 @@ double time_strategy(const S& proto, std::size_t n, int threads, bool linear) {
     std::uint64_t acc = 0;
     for (std::size_t k = 0; k < picks; ++k) {
       levee::pick_context ctx(r);
-      ctx.key = r();
+      if (keyed) ctx.key = r();  // only affinity strategies read a key; callers of the others set none
       acc += *s.pick(st.snap, table, ctx);
     }
     sink.fetch_add(acc);
@@ -139,7 +139,7 @@ double time_strategy(const S& proto, std::size_t n, int threads, bool linear) {
 }
 
 template <class S>
-double time_balancer(const S& proto, std::size_t n, int threads, bool linear) {
+double time_balancer(const S& proto, std::size_t n, int threads, bool linear, bool keyed) {
   levee::balancer<S> b{S(proto)};
   typename levee::balancer<S>::batch all;
   for (std::size_t i = 0; i < n; ++i) all.add(i, {}, {.weight = weight_of(i)});
@@ -150,7 +150,9 @@ double time_balancer(const S& proto, std::size_t n, int threads, bool linear) {
     levee::rng r(static_cast<std::uint64_t>(t) * 13 + 5);
     std::uint64_t acc = 0;
     for (std::size_t k = 0; k < picks; ++k) {
-      auto l = b.try_pick({.key = r(), .exclude = {}, .random = &r});
+      levee::pick_request req{.key = std::nullopt, .exclude = {}, .random = &r};
+      if (keyed) req.key = r();
+      auto l = b.try_pick(req);
       acc += l->id();
     }
     sink.fetch_add(acc);
@@ -249,18 +251,18 @@ row make_row(const char* name, const char* complexity, S proto, bool exempt, boo
   // Every cell is timed right after a baseline run of the same size and
   // thread count, and its ratio is taken against that run: a change in the
   // machine's speed between cells (two shared vCPUs) then cancels out.
-  r.measure = [proto, exempt](row& self) {
+  r.measure = [proto, exempt, keyed](row& self) {
     for (std::size_t n : {8u, 64u, 1024u})
       for (int th : {1, 2}) {
         const std::string k = std::to_string(n) + "/" + std::to_string(th);
         const double bs = time_baseline(n, th);
-        const double ps = time_strategy(proto, n, th, exempt);
+        const double ps = time_strategy(proto, n, th, exempt, keyed);
         self.cells["s" + k].push_back(ps);
         self.ratios["s" + k].push_back(bs / ps);
         base_all[k].push_back(bs);
         if (!pick_only) {
           const double bb = time_baseline(n, th);
-          const double pb = time_balancer(proto, n, th, exempt);
+          const double pb = time_balancer(proto, n, th, exempt, keyed);
           self.cells["b" + k].push_back(pb);
           self.ratios["b" + k].push_back(bb / pb);
           base_all[k].push_back(bb);

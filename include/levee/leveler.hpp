@@ -238,6 +238,9 @@ concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable
 // With workers == 0 the leveler is a deterministic simulation: nothing runs
 // until step() / run_until() / drain() is called, and with levee::manual_clock
 // a whole spike-and-drain scenario runs exactly in milliseconds of real time.
+// Without rate and concurrency gates, workers claim short queued jobs in
+// batches of up to 32 and idle workers take from other workers' batches
+// (see take_batch); queue_depth counts batched jobs as queued.
 //
 // Thread safety: every member function may be called from any thread
 // concurrently, except step()/run_until() (one driving thread at a time) and
@@ -249,8 +252,8 @@ concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable
 //  - close(): stop accepting; queued jobs and retries still run.
 //  - drain(): wait until every accepted job reached its final state (retries
 //    included). It does not close: jobs accepted meanwhile are waited for too.
-//  - stop(): close, hand every job not yet started (queued, waiting for a
-//    gate, or waiting for a retry) to the dead-letter sink as `cancelled`,
+//  - stop(): close, hand every job not yet started (queued, batched by a
+//    worker, waiting for a gate, or waiting for a retry) to the dead-letter sink as `cancelled`,
 //    wait for running handlers, join the workers.
 // Destructor: with workers, close() + drain() + stop() (if no backend is
 // registered nothing could ever run, so it is just stop()); in simulation

@@ -144,7 +144,7 @@ struct metrics_snapshot {
   std::uint64_t dead_letter_sink_errors = 0;  // exceptions thrown by the dead-letter sink (swallowed)
 
   // --- gauges
-  std::size_t queue_depth = 0;       // jobs in the ingress queue (approximate under concurrency)
+  std::size_t queue_depth = 0;       // jobs accepted and not started: in the ingress queue or a worker's batch (approximate under concurrency)
   std::size_t queue_capacity = 0;
   std::size_t retry_pending = 0;     // failed jobs waiting for their backoff to elapse
   std::size_t in_flight = 0;         // handlers running now

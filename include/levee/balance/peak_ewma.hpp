@@ -49,7 +49,7 @@ class peak_ewma {
     return cost_numerator(e, now_ns) / static_cast<double>(e.weight);
   }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
     if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
       std::size_t a, b;
@@ -80,7 +80,7 @@ class peak_ewma {
   // scaled, by exp_neg(|stamp_a - stamp_b| / decay) (a cheap polynomial when
   // the stamps are close). Only a mixed pair reads the clock. The outcome is
   // selected with a mask (a coin flip to the branch predictor).
-  [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
     const load_cell& ca = *s[a].load;
     const load_cell& cb = *s[b].load;
     const std::int64_t sa = ca.latency_stamp_ns.load(std::memory_order_acquire);

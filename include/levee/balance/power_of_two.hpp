@@ -70,7 +70,7 @@ inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table&
 // weights without the first, as sample_distinct does). Returns false only if
 // 8 redraws all repeated the first (one backend holds almost all the
 // weight), leaving the pair to sample_distinct.
-inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
+LEVEE_DETAIL_ALWAYS_INLINE inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
   const std::uint64_t x = r();
   a = t.draw32(static_cast<std::uint32_t>(x >> 32));
   b = t.draw32(static_cast<std::uint32_t>(x));
@@ -109,7 +109,7 @@ class power_of_two {
   [[nodiscard]] std::size_t choices() const noexcept { return d_; }
   [[nodiscard]] table_type build(const backend_snapshot& s) const { return table_type(s); }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
     if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
       std::size_t a, b;

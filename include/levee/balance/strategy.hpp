@@ -123,8 +123,10 @@ class pick_context {
 
   rng* rng_;
   std::int64_t (*now_fn_)(const void*) = nullptr;
-  const void* clock_;  // set with now_fn_
-  std::int64_t now_;   // valid when has_now_
+  // Initialised although only read after set_clock() / set_now(): GCC 12
+  // cannot see that and warns (-Wmaybe-uninitialized) once pick() inlines.
+  const void* clock_ = nullptr;
+  std::int64_t now_ = 0;
   std::array<pick_filter, max_filters> filters_;  // [0, nfilters_) are set
 };
 

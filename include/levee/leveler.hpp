@@ -340,7 +340,7 @@ class leveler {
       shards_[i + 1].exclusive = true;
     }
     // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
-    batching_ = can_batch && opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
+    batching_ = opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
     try {
       for (std::size_t i = 0; i < opts_.workers; ++i) threads_.emplace_back([this, i] { worker_main(i); });
     } catch (...) {
@@ -684,7 +684,8 @@ class leveler {
   // See take_batch.
   static constexpr std::size_t batch_max = 32;
   static constexpr std::int64_t batch_service_limit_ns = 5000;
-  static constexpr bool can_batch = std::is_nothrow_move_constructible_v<envelope>;
+
+  static_assert(std::is_nothrow_move_constructible_v<envelope>, "levee: batches need envelopes that move without throwing");
 
   struct retry_item {
     std::int64_t ready_ns;

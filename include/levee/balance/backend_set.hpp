@@ -16,6 +16,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../detail/cache.hpp"
@@ -120,7 +121,7 @@ struct backend_entry {
   load_cell* load = nullptr;  // never null inside a snapshot
   bool healthy = true;        // the operator's mark (set_healthy)
 
-  [[nodiscard]] bool at_capacity() const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool at_capacity() const noexcept {
     return max_in_flight != 0 && load->load() >= static_cast<std::int64_t>(max_in_flight);
   }
 };
@@ -147,10 +148,30 @@ class backend_snapshot {
       total_weight_ += e.weight;
       max_weight_ = std::max(max_weight_, e.weight);
     }
+    size_ = entries_.size();
+  }
+  backend_snapshot(const backend_snapshot&) = default;
+  backend_snapshot& operator=(const backend_snapshot&) = default;
+  // A moved-from snapshot is empty.
+  backend_snapshot(backend_snapshot&& o) noexcept
+      : entries_(std::move(o.entries_)),
+        total_in_flight_(o.total_in_flight_),
+        total_weight_(std::exchange(o.total_weight_, 0)),
+        max_weight_(std::exchange(o.max_weight_, 0)),
+        size_(std::exchange(o.size_, 0)) {}
+  backend_snapshot& operator=(backend_snapshot&& o) noexcept {
+    entries_ = std::move(o.entries_);
+    total_in_flight_ = o.total_in_flight_;
+    total_weight_ = std::exchange(o.total_weight_, 0);
+    max_weight_ = std::exchange(o.max_weight_, 0);
+    size_ = std::exchange(o.size_, 0);
+    return *this;
   }
 
-  [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
-  [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
+  // Kept as a member: a pick asks for it, and the vector's size() divides by
+  // sizeof(backend_entry) each time.
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
   [[nodiscard]] const backend_entry& operator[](std::size_t i) const noexcept { return entries_[i]; }
   [[nodiscard]] std::span<const backend_entry> entries() const noexcept { return entries_; }
   [[nodiscard]] auto begin() const noexcept { return entries_.begin(); }
@@ -180,6 +201,7 @@ class backend_snapshot {
   const std::atomic<std::int64_t>* total_in_flight_ = nullptr;
   std::uint64_t total_weight_ = 0;
   std::uint32_t max_weight_ = 0;
+  std::size_t size_ = 0;  // entries_.size()
 };
 
 // A single-threaded, owning list of backends and their load cells, for

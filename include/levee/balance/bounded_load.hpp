@@ -65,24 +65,23 @@ class bounded_load {
     for (const auto& e : s) {
       // fits(m, w, m) holds for m up to some point and fails beyond it (or
       // holds for all m when c w / W >= 1): estimate, then settle exactly.
-      const room r{&s, -1, t.c_per_weight, nullptr};
       const double kw = t.c_per_weight * e.weight;
       constexpr std::int64_t unbounded = std::int64_t{1} << 40;  // loads stay below 2^32
       std::int64_t m = kw >= 1.0 ? unbounded : static_cast<std::int64_t>(std::min(kw / (1.0 - kw), double(unbounded)));
-      while (m >= 0 && !r.fits(m, e.weight, m)) --m;
-      while (m < unbounded && r.fits(m + 1, e.weight, m + 1)) ++m;
+      while (m >= 0 && !room::fits(t.c_per_weight, m, e.weight, m)) --m;
+      while (m < unbounded && room::fits(t.c_per_weight, m + 1, e.weight, m + 1)) ++m;
       t.self_max.push_back(m);
     }
     return t;
   }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty()) return std::nullopt;
-    room r{&s, -1, t.c_per_weight, t.self_max.size() == s.size() ? t.self_max.data() : nullptr};
+    std::int64_t total = -1;  // the real total, read at most once per pick (see room)
+    const room r{t.c_per_weight, t.self_max.size() == s.size() ? t.self_max.data() : nullptr, &total};
     if constexpr (admitting_strategy<S>) {
       // The rule inlined into S's pick (no filter: S keeps its fast path).
-      if (auto i = inner_.pick_admitting(s, t.inner, ctx, [&r](const backend_snapshot& snap, std::size_t k) { return r.admits(snap, k); }))
-        return i;
+      if (auto i = inner_.pick_admitting(s, t.inner, ctx, r)) return i;
     } else {
       pick_context::filter_scope scope(ctx, pick_filter{&admit, &r});
       if (auto i = inner_.pick(s, t.inner, ctx)) return i;
@@ -100,34 +99,38 @@ class bounded_load {
   //
   // The total is read lazily: the bound never decreases as the total grows
   // and the total is at least the candidate's own load, so a candidate that
-  // fits with total = its own load fits with the real total too. Only a
-  // candidate that fails that test makes the pick read the real total
-  // (O(n) when the snapshot has no maintained counter), once per pick.
+  // fits with total = its own load fits with the real total too (that test
+  // is one integer comparison with table_type::self_max). Only a candidate
+  // that fails it makes the pick read the real total (O(n) when the snapshot
+  // has no maintained counter), once per pick.
+  // A small value (passed to S's out-of-line paths by copy), so that S's
+  // inlined fast path keeps it in registers; only the cached total has an
+  // address.
   struct room {
-    const backend_snapshot* snap;
-    mutable std::int64_t total;  // < 0: not read yet
-    double c_per_weight;  // c / total_weight
+    double c_per_weight;           // c / total_weight
     const std::int64_t* self_max;  // table_type::self_max, null if it does not match the snapshot
+    std::int64_t* total;           // the pick's total in flight, < 0 until read
 
-    [[nodiscard]] bool fits(std::int64_t load, std::uint32_t w, std::int64_t tot) const noexcept {
+    [[nodiscard]] static bool fits(double c_per_weight, std::int64_t load, std::uint32_t w, std::int64_t tot) noexcept {
       return static_cast<double>(load) < c_per_weight * static_cast<double>(tot + 1) * static_cast<double>(w) - 1e-9;
     }
-    // The first test as one integer comparison with a bound from build(),
-    // inline; the rest out of line (it stays inlined into S's pick this way).
-    [[nodiscard]] bool admits(const backend_snapshot& s, std::size_t i) const {
+    LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool operator()(const backend_snapshot& s, std::size_t i) const {
       const std::int64_t load = s[i].load->load();
-      if (total < 0 && self_max != nullptr && load <= self_max[i]) [[likely]] return true;
-      return admits_slow(s, i, load);
+      if (self_max != nullptr && load <= self_max[i]) [[likely]] return true;
+      return admits_slow(s, i, load, c_per_weight, *total);
     }
-    [[gnu::noinline]] bool admits_slow(const backend_snapshot& s, std::size_t i, std::int64_t load) const {
-      if (total < 0 && fits(load, s[i].weight, load)) return true;
-      if (total >= 0) return fits(load, s[i].weight, total);
-      total = snap->total_in_flight();
-      return fits(load, s[i].weight, total);
+    [[gnu::noinline]] static bool admits_slow(const backend_snapshot& s, std::size_t i, std::int64_t load, double c_per_weight,
+                                             std::int64_t& total) {
+      const std::uint32_t w = s[i].weight;
+      if (total < 0) {
+        if (fits(c_per_weight, load, w, load)) return true;
+        total = s.total_in_flight();
+      }
+      return fits(c_per_weight, load, w, total);
     }
   };
   static bool admit(const void* p, const backend_snapshot& s, std::size_t i, pick_context&) {
-    return static_cast<const room*>(p)->admits(s, i);
+    return (*static_cast<const room*>(p))(s, i);
   }
 
   S inner_;

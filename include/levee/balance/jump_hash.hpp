@@ -69,7 +69,7 @@ class jump_hash {
   // (drawn by rejection from [0, 2q): >= 1/2 accepted per draw). Draws depend
   // only on h, so n and n + 1 see the same draws and differ only where one
   // lands on n: consistency. The draws come from SplitMix64 seeded with h.
-  [[nodiscard]] static constexpr std::uint32_t jump_back(std::uint64_t h, std::uint32_t n) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static constexpr std::uint32_t jump_back(std::uint64_t h, std::uint32_t n) noexcept {
     if (n <= 1) return 0;
     const std::uint32_t ranges = ~std::uint32_t{0} >> std::countl_zero(n - 1);  // bits of [1, n)'s ranges
     std::uint32_t u = static_cast<std::uint32_t>(h ^ (h >> 32)) & ranges;
@@ -100,13 +100,13 @@ class jump_hash {
 
   [[nodiscard]] table_type build(const backend_snapshot& s) const noexcept { return {detail::all_open(s)}; }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
                                                           Admit admit) {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;

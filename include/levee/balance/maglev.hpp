@@ -100,17 +100,17 @@ class maglev {
     return t;
   }
 
-  [[nodiscard]] std::size_t slot(std::uint64_t key, std::size_t m) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t slot(std::uint64_t key, std::size_t m) const noexcept {
     return static_cast<std::size_t>(detail::mul_high64(detail::hash64_salted(key, key_salt_), m));
   }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
                                                           Admit admit) {
     const std::size_t m = t.entry.size();
     if (m == 0 || s.empty()) return std::nullopt;

@@ -134,7 +134,7 @@ class power_of_two {
   // first drawn). load() < 2^32 and weights < 2^32: the cross products fit in
   // 64 bits. Loads change all the time, so the outcome is a coin flip to the
   // branch predictor: selected with a mask.
-  [[nodiscard]] static std::size_t less_loaded(const backend_snapshot& s, std::size_t a, std::size_t b) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static std::size_t less_loaded(const backend_snapshot& s, std::size_t a, std::size_t b) noexcept {
     const backend_entry& ea = s[a];
     const backend_entry& eb = s[b];
     const auto la = static_cast<std::uint64_t>(ea.load->load());

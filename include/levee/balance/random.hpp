@@ -50,7 +50,7 @@ class alias_table {
 
   // One 64-bit draw: the column from its high bits (multiply-shift; bias
   // below n / 2^64), the coin from its low 32 bits (resolution 2^-32).
-  [[nodiscard]] std::size_t draw(rng& r) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t draw(rng& r) const noexcept {
     const std::uint64_t x = r();
     return pick_in(static_cast<std::size_t>(mul_high64(x, cols_.size())), static_cast<std::uint32_t>(x));
   }
@@ -58,7 +58,7 @@ class alias_table {
   // A draw from 32 random bits: the column from the high half of u x n, the
   // coin from its low half (uniform to within n / 2^32). Two of these share
   // one 64-bit random number.
-  [[nodiscard]] std::size_t draw32(std::uint32_t u) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t draw32(std::uint32_t u) const noexcept {
     const std::uint64_t m = std::uint64_t{u} * cols_.size();
     return pick_in(static_cast<std::size_t>(m >> 32), static_cast<std::uint32_t>(m));
   }
@@ -72,7 +72,7 @@ class alias_table {
 
   // The coin is random, so the choice goes through a mask (detail::select),
   // never a branch that would be mispredicted half the time.
-  [[nodiscard]] std::size_t pick_in(std::size_t i, std::uint32_t coin) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t pick_in(std::size_t i, std::uint32_t coin) const noexcept {
     const column c = cols_[i];
     return select(coin < c.threshold, i, c.alias);
   }
@@ -136,7 +136,7 @@ class weighted_random {
   static constexpr bool reads_load = false;
   using table_type = detail::alias_table;
   [[nodiscard]] table_type build(const backend_snapshot& s) const { return table_type(s); }
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
     if (t.open() && ctx.unrestricted()) [[likely]] return t.draw(ctx.random());  // every backend eligible
     return detail::draw_eligible(s, ctx, [&] { return t.draw(ctx.random()); });

@@ -127,15 +127,15 @@ class ring_hash {
   }
 
   // The position of `key` on the ring (exposed for tests).
-  [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept { return detail::hash64_salted(key, key_salt_); }
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept { return detail::hash64_salted(key, key_salt_); }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
                                                           Admit admit) {
     if (t.hashes.empty() || s.empty()) return std::nullopt;
     const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
@@ -199,11 +199,11 @@ class ring_hash {
     return std::nullopt;
   }
 
-  static std::size_t bucket_of(std::uint64_t h, unsigned shift) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE static std::size_t bucket_of(std::uint64_t h, unsigned shift) noexcept {
     return shift >= 64 ? 0 : static_cast<std::size_t>(h >> shift);
   }
   // The 16 bits right below the bucket bits.
-  static std::uint16_t split_bits(std::uint64_t h, unsigned shift) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE static std::uint16_t split_bits(std::uint64_t h, unsigned shift) noexcept {
     return static_cast<std::uint16_t>((h << (64 - shift)) >> 48);
   }
   ring_hash_options o_;

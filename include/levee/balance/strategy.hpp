@@ -58,7 +58,7 @@ class pick_context {
 
  public:
 
-  [[nodiscard]] rng& random() noexcept { return *rng_; }
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] rng& random() noexcept { return *rng_; }
 
   // Time for time-dependent pieces (ns since the clock's epoch). Read from the
   // clock on first use and cached for the rest of the pick.
@@ -85,7 +85,7 @@ class pick_context {
   // The entry's own marks are checked inline; the loops over `tried` and the
   // filters live out of line (eligible_slow), so that this stays small
   // enough to inline into every strategy's hot path.
-  [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
     const backend_entry& e = s[i];
     if ((!e.healthy && !ignore_health) || (tier && e.tier != *tier) || e.at_capacity()) return false;
     if (tried.empty() && nfilters_ == 0) [[likely]] return true;
@@ -96,7 +96,7 @@ class pick_context {
   // tried, no decorator filter. If also every backend of the snapshot is open
   // (detail::all_open: healthy, no max_in_flight), every backend is eligible
   // and a strategy may skip eligible() altogether.
-  [[nodiscard]] bool unrestricted() const noexcept { return !tier && tried.empty() && nfilters_ == 0; }
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool unrestricted() const noexcept { return !tier && tried.empty() && nfilters_ == 0; }
 
   // RAII: pushes a filter, pops it on destruction. Depth is checked at
   // compile time through strategy_traits::filter_depth.
@@ -213,7 +213,7 @@ inline rng& thread_rng() {
 // The calling thread's stripe in [0, stripes): threads are numbered in order
 // of first use, so up to `stripes` threads never share one.
 inline constexpr std::size_t cursor_stripes = 16;
-[[nodiscard]] inline std::size_t thread_stripe() noexcept {
+LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] inline std::size_t thread_stripe() noexcept {
   static std::atomic<std::size_t> next{0};
   thread_local const std::size_t mine = next.fetch_add(1, std::memory_order_relaxed) % cursor_stripes;
   return mine;
@@ -235,7 +235,7 @@ class striped_cursor {
   striped_cursor& operator=(const striped_cursor&) = delete;
 
   // Returns this thread's next position in [0, n) and advances it (n > 0).
-  [[nodiscard]] std::size_t next(std::size_t n) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t next(std::size_t n) noexcept {
     auto& p = slots_[thread_stripe()].pos;
     std::uint64_t cur = p.load(std::memory_order_relaxed);
     if (cur >= n) cur %= n;  // first use, or the set shrank

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "cache.hpp"
+
 namespace levee::detail {
 
 // SplitMix64 (Steele, Lea, Flood 2014): used to expand one 64-bit seed into
@@ -52,7 +54,7 @@ class xoshiro256 {
   [[nodiscard]] static constexpr result_type min() noexcept { return 0; }
   [[nodiscard]] static constexpr result_type max() noexcept { return ~std::uint64_t{0}; }
 
-  constexpr result_type operator()() noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE constexpr result_type operator()() noexcept {
     const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
     const std::uint64_t t = s_[1] << 17;
     s_[2] ^= s_[0];
@@ -65,7 +67,7 @@ class xoshiro256 {
   }
 
   // Uniform integer in [0, n) (Lemire 2019, unbiased); n == 0 returns 0.
-  constexpr std::uint64_t below(std::uint64_t n) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE constexpr std::uint64_t below(std::uint64_t n) noexcept {
     if (n == 0) return 0;
     std::uint64_t x = (*this)();
     std::uint64_t lo = x * n;

@@ -70,16 +70,21 @@ inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table&
 // weights without the first, as sample_distinct does). Returns false only if
 // 8 redraws all repeated the first (one backend holds almost all the
 // weight), leaving the pair to sample_distinct.
-LEVEE_DETAIL_ALWAYS_INLINE inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
-  const std::uint64_t x = r();
-  a = t.draw32(static_cast<std::uint32_t>(x >> 32));
-  b = t.draw32(static_cast<std::uint32_t>(x));
-  if (a != b) [[likely]] return true;
+// The redraws are out of line: inlined, their loop keeps copies of the
+// generator's state live across the whole pick (spilled to the stack).
+[[gnu::noinline]] inline bool redraw_second(const alias_table& t, rng& r, std::size_t a, std::size_t& b) {
   for (int k = 0; k < 8; ++k) {
     b = t.draw(r);
     if (b != a) return true;
   }
   return false;
+}
+LEVEE_DETAIL_ALWAYS_INLINE inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
+  const std::uint64_t x = r();
+  a = t.draw32(static_cast<std::uint32_t>(x >> 32));
+  b = t.draw32(static_cast<std::uint32_t>(x));
+  if (a != b) [[likely]] return true;
+  return redraw_second(t, r, a, b);
 }
 
 inline std::size_t check_choices(std::size_t d, const char* fn) {

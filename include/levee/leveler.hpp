@@ -666,6 +666,13 @@ class leveler {
     std::exception_ptr last_error;
   };
 
+  // Out of line: an envelope is destroyed several times per job on its way
+  // (queue slot, batch, dispatch), almost always without a failure_state,
+  // and GCC 12 does not inline a unique_ptr destructor that inlines this.
+  struct failure_deleter {
+    [[gnu::noinline]] void operator()(failure_state* p) const noexcept { delete p; }
+  };
+
   // A job and its bookkeeping, as it travels through the queue. Kept small:
   // with a pointer-sized Job an envelope and the queue's stamp share one
   // cache line, so a submit and a dispatch touch one line of the ring.
@@ -676,7 +683,7 @@ class leveler {
     time_point ready{};  // enqueued, or retry backoff elapsed
     std::uint32_t attempts = 0;
     bool has_key = false;
-    std::unique_ptr<failure_state> failure;
+    std::unique_ptr<failure_state, failure_deleter> failure;
 
     [[nodiscard]] std::exception_ptr last_error() const { return failure ? failure->last_error : nullptr; }
   };
@@ -1223,7 +1230,7 @@ class leveler {
     }
     s.inc(s.failed);
     try {
-      if (!env.failure) env.failure = std::make_unique<failure_state>();
+      if (!env.failure) env.failure.reset(new failure_state());
       env.failure->last_error = result.error();
       auto& tried = env.failure->failed_on;
       if (std::find(tried.begin(), tried.end(), id) == tried.end()) tried.push_back(id);

@@ -716,6 +716,62 @@ TEST_CASE("measurement clock: cheap steady_clock readings stay within the anchor
   CHECK(worst_above < 1100);
 }
 
+#if LEVEE_DETAIL_HAS_TSC
+TEST_CASE("measurement clock: the self-check's tolerance is two anchor errors plus 2e-4 of the elapsed time") {
+  using levee::detail::tsc_consistent;
+  CHECK(tsc_consistent(0, 0));
+  CHECK(tsc_consistent(2'000, 0));
+  CHECK(tsc_consistent(-2'000, 0));
+  CHECK_FALSE(tsc_consistent(2'001, 0));
+  CHECK_FALSE(tsc_consistent(-2'001, 0));
+  CHECK(tsc_consistent(2'050, 250'000));         // 2 us + 50 ns over a window
+  CHECK_FALSE(tsc_consistent(2'060, 250'000));
+  CHECK(tsc_consistent(202'000, 1'000'000'000));  // 2 us + 200 us over a second
+  CHECK_FALSE(tsc_consistent(203'000, 1'000'000'000));
+  CHECK_FALSE(tsc_consistent(3'000, -5));         // a negative span counts as 0
+}
+
+TEST_CASE("measurement clock: an anchor that extrapolates wrongly discards the calibration, then it recovers") {
+  using sc = std::chrono::steady_clock;
+  if (!levee::detail::tsc_usable()) {
+    MESSAGE("no invariant counter with a tsc or kvm-clock clocksource here: measurement_now() is steady_clock::now()");
+    return;
+  }
+  auto& g = levee::detail::tsc_global();
+  auto calibrated = [&] {
+    std::lock_guard lock(g.m);
+    return g.ns_per_tick > 0;
+  };
+  auto discarded = [&] {
+    std::lock_guard lock(g.m);
+    return g.discarded;
+  };
+  // Spin (no sleep) until calibrated: >= 20 ms of real time.
+  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;) (void)levee::detail::measurement_now();
+  REQUIRE(calibrated());
+  // Nothing was discarded while calibrating on this machine (a counter that
+  // disagreed with the clock would have been).
+  CHECK(discarded() == 0);
+  // An anchor whose extrapolation is 1 ms off, as after a counter jump.
+  levee::detail::tsc_anchor a;
+  (void)levee::detail::tsc_reanchor(a);
+  REQUIRE(a.window_ticks != 0);
+  a.ns -= 1'000'000;
+  const auto before = discarded();
+  (void)levee::detail::tsc_reanchor(a);
+  CHECK(discarded() == before + 1);
+  CHECK_FALSE(calibrated());
+  CHECK(a.window_ticks == 0);  // its next reading is the real clock
+  // A good anchor is not flagged, and the ratio comes back after 20 ms.
+  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;) (void)levee::detail::measurement_now();
+  CHECK(calibrated());
+  levee::detail::tsc_anchor b;
+  (void)levee::detail::tsc_reanchor(b);
+  (void)levee::detail::tsc_reanchor(b);
+  CHECK(discarded() == before + 1);
+}
+#endif
+
 TEST_CASE("keys give affinity with hashing strategies: the same key always lands on the same backend") {
   auto check = [](auto tag) {
     using S = decltype(tag);

@@ -76,7 +76,7 @@ class bounded_load {
   }
 
   LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (s.empty()) return std::nullopt;
+    // (An empty snapshot: S and the scan below both return nullopt.)
     std::int64_t total = -1;  // the real total, read at most once per pick (see room)
     const room r{t.c_per_weight, t.self_max.size() == s.size() ? t.self_max.data() : nullptr, &total};
     if constexpr (admitting_strategy<S>) {

@@ -65,7 +65,7 @@ class ring_hash {
     };
     static_assert(sizeof(slot) == 16, "levee: a ring slot must be 16 bytes, four per cache line, one load per pick");
     std::vector<slot> slots;  // empty: no slots (see above)
-    unsigned shift = 64;
+    unsigned shift = 64;      // 64 - bits, bits >= 1 once built (so a shift by it is defined)
     bool open = false;  // detail::all_open of the snapshot
   };
 
@@ -96,7 +96,8 @@ class ring_hash {
     t.hashes.reserve(pts.size());
     t.owner.reserve(pts.size());
     for (const auto& [h, i] : pts) t.hashes.push_back(h), t.owner.push_back(i);
-    const unsigned bits = static_cast<unsigned>(std::bit_width(std::bit_ceil(pts.size())) - 1);
+    // At least 2 buckets: shift stays below 64, so the pick shifts without a check.
+    const unsigned bits = std::max(1u, static_cast<unsigned>(std::bit_width(std::bit_ceil(pts.size())) - 1));
     t.shift = 64 - bits;
     const std::size_t buckets = std::size_t{1} << bits;
     t.bucket.resize(buckets + 1);
@@ -137,10 +138,11 @@ class ring_hash {
   template <class Admit>
   LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
                                                           Admit admit) {
-    if (t.hashes.empty() || s.empty()) return std::nullopt;
+    // No slots also covers the empty table and the empty snapshot (settle
+    // checks both): one test on the fast path.
+    if (t.slots.empty()) [[unlikely]] return settle_without_slots(s, t, ctx, admit);
     const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
     const std::size_t b = bucket_of(h, t.shift);
-    if (t.slots.empty()) return settle(s, t, ctx, h, b, no_owner, admit);
     const auto& sl = t.slots[b];
     const std::uint16_t k = split_bits(h, t.shift);
     const unsigned below = unsigned{k > sl.split[0]} + unsigned{k > sl.split[1]} + unsigned{k > sl.split[2]};
@@ -157,6 +159,14 @@ class ring_hash {
  private:
   static constexpr std::size_t no_owner = 0xffff;  // slots hold backend indices below this
   static constexpr std::size_t max_slot_buckets = std::size_t{1} << 22;  // 64 MiB of slots
+
+  template <class Admit>
+  [[gnu::noinline]] std::optional<std::size_t> settle_without_slots(const backend_snapshot& s, const table_type& t, pick_context& ctx,
+                                                                   Admit admit) const {
+    if (t.hashes.empty() || s.empty()) return std::nullopt;
+    const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
+    return settle(s, t, ctx, h, bucket_of(h, t.shift), no_owner, admit);
+  }
 
   // Everything but the fast path, out of line so that pick() stays small
   // enough to inline: the slot's arc `below` (no_owner: find h's point by
@@ -199,8 +209,9 @@ class ring_hash {
     return std::nullopt;
   }
 
+  // shift < 64 in every built table (see build()).
   LEVEE_DETAIL_ALWAYS_INLINE static std::size_t bucket_of(std::uint64_t h, unsigned shift) noexcept {
-    return shift >= 64 ? 0 : static_cast<std::size_t>(h >> shift);
+    return static_cast<std::size_t>(h >> shift);
   }
   // The 16 bits right below the bucket bits.
   LEVEE_DETAIL_ALWAYS_INLINE static std::uint16_t split_bits(std::uint64_t h, unsigned shift) noexcept {

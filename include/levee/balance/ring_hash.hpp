@@ -141,7 +141,7 @@ class ring_hash {
     // No slots also covers the empty table and the empty snapshot (settle
     // checks both): one test on the fast path.
     if (t.slots.empty()) [[unlikely]] return settle_without_slots(s, t, ctx, admit);
-    const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
+    const std::uint64_t h = point(ctx);
     const std::size_t b = bucket_of(h, t.shift);
     const auto& sl = t.slots[b];
     const std::uint16_t k = split_bits(h, t.shift);
@@ -160,11 +160,16 @@ class ring_hash {
   static constexpr std::size_t no_owner = 0xffff;  // slots hold backend indices below this
   static constexpr std::size_t max_slot_buckets = std::size_t{1} << 22;  // 64 MiB of slots
 
+  // The pick's ring position: its key's, or a random one.
+  LEVEE_DETAIL_ALWAYS_INLINE std::uint64_t point(pick_context& ctx) const noexcept {
+    return ctx.key ? position(*ctx.key) : ctx.random()();
+  }
+
   template <class Admit>
   [[gnu::noinline]] std::optional<std::size_t> settle_without_slots(const backend_snapshot& s, const table_type& t, pick_context& ctx,
                                                                    Admit admit) const {
     if (t.hashes.empty() || s.empty()) return std::nullopt;
-    const std::uint64_t h = ctx.key ? position(*ctx.key) : ctx.random()();
+    const std::uint64_t h = point(ctx);
     return settle(s, t, ctx, h, bucket_of(h, t.shift), no_owner, admit);
   }
 

@@ -27,13 +27,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <levee/balance.hpp>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <levee/balance.hpp>
 
 #include "bench_support.hpp"
 
@@ -231,7 +230,7 @@ std::map<std::string, std::vector<double>> base_all;
 struct row {
   std::string name;
   std::string complexity;  // of the bare pick, as the header documents it
-  bool exempt;  // O(n) by design (least_loaded, rendezvous)
+  bool exempt;             // O(n) by design (least_loaded, rendezvous)
   bool keyed;
   std::map<std::string, std::vector<double>> cells;
   std::map<std::string, std::vector<double>> ratios;  // baseline run / cell run, per run
@@ -270,7 +269,8 @@ row make_row(const char* name, const char* complexity, S proto, bool exempt, boo
       }
   };
   if (pick_only) return r;
-  if (builds_table) r.measure_build = [proto](row& self) { self.build_ns.push_back(time_build(proto, 1000)); };
+  if (builds_table)
+    r.measure_build = [proto](row& self) { self.build_ns.push_back(time_build(proto, 1000)); };
   r.q = quality(proto, keyed);
   return r;
 }
@@ -279,31 +279,57 @@ row make_row(const char* name, const char* complexity, S proto, bool exempt, boo
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--smoke") == 0) smoke = true;
-    else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
-    else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) only.emplace_back(argv[++i]);
-    else if (std::strcmp(argv[i], "--pick-only") == 0) pick_only = true;
+    if (std::strcmp(argv[i], "--smoke") == 0)
+      smoke = true;
+    else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
+      runs = std::max(1, std::atoi(argv[++i]));
+    else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+      only.emplace_back(argv[++i]);
+    else if (std::strcmp(argv[i], "--pick-only") == 0)
+      pick_only = true;
   }
   // Rows are made (and their quality measured) only when selected.
   auto wanted = [](const char* name) {
     if (only.empty()) return true;
-    return std::any_of(only.begin(), only.end(), [&](const std::string& o) { return std::strstr(name, o.c_str()) != nullptr; });
+    return std::any_of(only.begin(), only.end(),
+                       [&](const std::string& o) { return std::strstr(name, o.c_str()) != nullptr; });
   };
   if (smoke) runs = std::min(runs, 2);
 
   std::vector<row> rows;
-  if (wanted("round_robin")) rows.push_back(make_row("round_robin", "O(1) (per-thread cursor)", levee::round_robin(1), false, false, false));
-  if (wanted("weighted_round_robin")) rows.push_back(make_row("weighted_round_robin", "O(1) (precomputed smooth period)", levee::weighted_round_robin(1), false, false, true));
-  if (wanted("random")) rows.push_back(make_row("random", "O(1) expected", levee::random{}, false, false, false));
-  if (wanted("weighted_random")) rows.push_back(make_row("weighted_random", "O(1) (alias table)", levee::weighted_random{}, false, false, true));
-  if (wanted("least_loaded")) rows.push_back(make_row("least_loaded", "O(n) scan", levee::least_loaded{}, true, false, false));
-  if (wanted("power_of_two")) rows.push_back(make_row("power_of_two", "O(1) expected (two alias draws)", levee::power_of_two{}, false, false, true));
-  if (wanted("peak_ewma")) rows.push_back(make_row("peak_ewma", "O(1) expected (two alias draws, clock-free cost ratio)", levee::peak_ewma{}, false, false, true));
-  if (wanted("ring_hash")) rows.push_back(make_row("ring_hash", "O(1) expected (16-byte slot per bucket)", levee::ring_hash{}, false, true, true));
-  if (wanted("maglev")) rows.push_back(make_row("maglev", "O(1) (lookup table, M >= 100 N)", levee::maglev{}, false, true, true));
-  if (wanted("rendezvous")) rows.push_back(make_row("rendezvous", "O(n) scan", levee::rendezvous{}, true, true, false));
-  if (wanted("jump_hash")) rows.push_back(make_row("jump_hash", "O(1) expected (JumpBackHash)", levee::jump_hash{}, false, true, false));
-  if (wanted("bounded_load<ring_hash>")) rows.push_back(make_row("bounded_load<ring_hash>", "O(1) expected (bound inlined into ring_hash)", levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), false, true, true));
+  if (wanted("round_robin"))
+    rows.push_back(
+        make_row("round_robin", "O(1) (per-thread cursor)", levee::round_robin(1), false, false, false));
+  if (wanted("weighted_round_robin"))
+    rows.push_back(make_row("weighted_round_robin", "O(1) (precomputed smooth period)",
+                            levee::weighted_round_robin(1), false, false, true));
+  if (wanted("random"))
+    rows.push_back(make_row("random", "O(1) expected", levee::random{}, false, false, false));
+  if (wanted("weighted_random"))
+    rows.push_back(
+        make_row("weighted_random", "O(1) (alias table)", levee::weighted_random{}, false, false, true));
+  if (wanted("least_loaded"))
+    rows.push_back(make_row("least_loaded", "O(n) scan", levee::least_loaded{}, true, false, false));
+  if (wanted("power_of_two"))
+    rows.push_back(make_row("power_of_two", "O(1) expected (two alias draws)", levee::power_of_two{}, false,
+                            false, true));
+  if (wanted("peak_ewma"))
+    rows.push_back(make_row("peak_ewma", "O(1) expected (two alias draws, clock-free cost ratio)",
+                            levee::peak_ewma{}, false, false, true));
+  if (wanted("ring_hash"))
+    rows.push_back(make_row("ring_hash", "O(1) expected (16-byte slot per bucket)", levee::ring_hash{}, false,
+                            true, true));
+  if (wanted("maglev"))
+    rows.push_back(make_row("maglev", "O(1) (lookup table, M >= 100 N)", levee::maglev{}, false, true, true));
+  if (wanted("rendezvous"))
+    rows.push_back(make_row("rendezvous", "O(n) scan", levee::rendezvous{}, true, true, false));
+  if (wanted("jump_hash"))
+    rows.push_back(
+        make_row("jump_hash", "O(1) expected (JumpBackHash)", levee::jump_hash{}, false, true, false));
+  if (wanted("bounded_load<ring_hash>"))
+    rows.push_back(make_row("bounded_load<ring_hash>", "O(1) expected (bound inlined into ring_hash)",
+                            levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), false, true,
+                            true));
 
   for (int run = 0; run < runs; ++run) {
     for (auto& r : rows) {
@@ -313,14 +339,17 @@ int main(int argc, char** argv) {
   }
 
   const unsigned hw = std::thread::hardware_concurrency();
-  std::printf("## bench_balance\n\n%d runs per cell%s; %u hardware threads. Cells: median [min-max] ns per pick "
-              "(per thread); x b = median over the runs of (baseline ns / cell ns), each cell timed right after its "
-              "own baseline run of the same N and thread count.\n",
-              runs, smoke ? " (--smoke: tiny counts, numbers not meaningful)" : "", hw);
+  std::printf(
+      "## bench_balance\n\n%d runs per cell%s; %u hardware threads. Cells: median [min-max] ns per pick "
+      "(per thread); x b = median over the runs of (baseline ns / cell ns), each cell timed right after its "
+      "own baseline run of the same N and thread count.\n",
+      runs, smoke ? " (--smoke: tiny counts, numbers not meaningful)" : "", hw);
 
   for (int th : {1, 2}) {
     std::printf("\n### ns per pick, %d thread%s\n\n", th, th == 1 ? "" : "s");
-    std::printf("| strategy | N=8 pick | N=8 balancer | N=64 pick | N=64 balancer | N=1024 pick | N=1024 balancer |\n");
+    std::printf(
+        "| strategy | N=8 pick | N=8 balancer | N=64 pick | N=64 balancer | N=1024 pick | N=1024 balancer "
+        "|\n");
     std::printf("|---|---|---|---|---|---|---|\n");
     std::printf("| *baseline: mutex + linear least-loaded* |");
     for (std::size_t n : {8u, 64u, 1024u}) {
@@ -334,8 +363,11 @@ int main(int argc, char** argv) {
         const std::string k = std::to_string(n) + "/" + std::to_string(th);
         for (const char* lvl : {"s", "b"}) {
           const auto s = summarize(r.cells[lvl + k]);
-          if (!s.valid) std::printf(" – |");
-          else std::printf(" %.1f [%.1f-%.1f] x%.1f |", s.median, s.min, s.max, summarize(r.ratios[lvl + k]).median);
+          if (!s.valid)
+            std::printf(" – |");
+          else
+            std::printf(" %.1f [%.1f-%.1f] x%.1f |", s.median, s.min, s.max,
+                        summarize(r.ratios[lvl + k]).median);
         }
       }
       std::printf("\n");
@@ -343,16 +375,19 @@ int main(int argc, char** argv) {
   }
 
   std::printf("\n### The bar: O(1) strategies at N = 64, 1 thread, >= 5x faster than the baseline\n\n");
-  std::printf("| strategy | pick complexity | pick x baseline: median [min-max] of same-run ratios | balancer cycle x baseline | pick N=1024 / N=8 | verdict (pick, median) |\n"
-              "|---|---|---|---|---|---|\n");
+  std::printf(
+      "| strategy | pick complexity | pick x baseline: median [min-max] of same-run ratios | balancer cycle "
+      "x baseline | pick N=1024 / N=8 | verdict (pick, median) |\n"
+      "|---|---|---|---|---|---|\n");
   for (auto& r : rows) {
     const auto pr = summarize(r.ratios["s64/1"]);
     const auto cr = summarize(r.ratios["b64/1"]);
     const double growth = summarize(r.cells["s1024/1"]).median / summarize(r.cells["s8/1"]).median;
     char cycle[32] = "–";
     if (cr.valid) std::snprintf(cycle, sizeof cycle, "x%.1f", cr.median);
-    std::printf("| %s | %s | x%.1f [%.1f-%.1f] | %s | %.2f | %s |\n", r.name.c_str(), r.complexity.c_str(), pr.median, pr.min,
-                pr.max, cycle, growth, r.exempt ? "exempt (O(n) by design)" : (pr.median >= 5 ? "meets" : "MISSES"));
+    std::printf("| %s | %s | x%.1f [%.1f-%.1f] | %s | %.2f | %s |\n", r.name.c_str(), r.complexity.c_str(),
+                pr.median, pr.min, pr.max, cycle, growth,
+                r.exempt ? "exempt (O(n) by design)" : (pr.median >= 5 ? "meets" : "MISSES"));
   }
 
   if (pick_only) return 0;
@@ -363,11 +398,14 @@ int main(int argc, char** argv) {
       std::printf("| %s | %.3f [%.3f-%.3f] |\n", r.name.c_str(), s.median / 1e6, s.min / 1e6, s.max / 1e6);
     }
 
-  std::printf("\n### Quality (N = 100, equal weights)\n\n| strategy | balance max/avg after 100N held picks | "
-              "keys moved when 1 of 100 is removed (ideal 0.0100) |\n|---|---|---|\n");
+  std::printf(
+      "\n### Quality (N = 100, equal weights)\n\n| strategy | balance max/avg after 100N held picks | "
+      "keys moved when 1 of 100 is removed (ideal 0.0100) |\n|---|---|---|\n");
   for (auto& r : rows) {
-    if (r.q.second < 0) std::printf("| %s | %.3f | – (no key affinity) |\n", r.name.c_str(), r.q.first);
-    else std::printf("| %s | %.3f | %.4f |\n", r.name.c_str(), r.q.first, r.q.second);
+    if (r.q.second < 0)
+      std::printf("| %s | %.3f | – (no key affinity) |\n", r.name.c_str(), r.q.first);
+    else
+      std::printf("| %s | %.3f | %.4f |\n", r.name.c_str(), r.q.first, r.q.second);
   }
   return 0;
 }

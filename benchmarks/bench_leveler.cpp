@@ -16,15 +16,10 @@
 //        --seconds S (pacing duration), --only overhead|pacing.
 // Output: Markdown tables, median / min / max over the runs.
 
-#include "bench_support.hpp"
-
-#include <levee/conformance.hpp>
-#include <levee/leveler.hpp>
-
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -32,11 +27,15 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <levee/conformance.hpp>
+#include <levee/leveler.hpp>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "bench_support.hpp"
 
 #if defined(LEVEE_HAVE_THREAD_POOL)
 #include <thread_pool/thread_pool.hpp>
@@ -51,7 +50,9 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
-double seconds_since(steady::time_point t0) { return std::chrono::duration<double>(steady::now() - t0).count(); }
+double seconds_since(steady::time_point t0) {
+  return std::chrono::duration<double>(steady::now() - t0).count();
+}
 
 // ------------------------------------------------------------ baseline ----
 
@@ -176,7 +177,8 @@ double run_thread_pool(std::size_t workers, std::size_t n) {
     (void)pool.Submit([&done, n] {
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) done.notify_all();
     });
-  for (std::size_t seen = done.load(std::memory_order_acquire); seen != n; seen = done.load(std::memory_order_acquire))
+  for (std::size_t seen = done.load(std::memory_order_acquire); seen != n;
+       seen = done.load(std::memory_order_acquire))
     done.wait(seen, std::memory_order_acquire);
   return static_cast<double>(n) / seconds_since(t0);
 }
@@ -208,7 +210,8 @@ struct competitor {
 };
 
 void overhead_table(const options& opt) {
-  std::vector<competitor> cs{{"levee::leveler", run_levee}, {"mutex + condvar pool (baseline)", run_mutex_pool}};
+  std::vector<competitor> cs{{"levee::leveler", run_levee},
+                             {"mutex + condvar pool (baseline)", run_mutex_pool}};
 #if defined(LEVEE_HAVE_THREAD_POOL)
   cs.push_back({"thread_pool::ThreadPool (libthread-pool-dev)", run_thread_pool});
 #else
@@ -220,9 +223,10 @@ void overhead_table(const options& opt) {
   std::printf("(oneTBB not found: skipped)\n");
 #endif
   if (!opt.impl.empty())
-    cs.erase(std::remove_if(cs.begin(), cs.end(),
-                            [&](const competitor& c) { return std::string_view(c.name).rfind(opt.impl, 0) != 0; }),
-             cs.end());
+    cs.erase(
+        std::remove_if(cs.begin(), cs.end(),
+                       [&](const competitor& c) { return std::string_view(c.name).rfind(opt.impl, 0) != 0; }),
+        cs.end());
   const std::size_t worker_counts[] = {1, 2};
   // results[competitor][workers] = jobs/s of each run
   std::vector<std::vector<std::vector<double>>> results(cs.size(), std::vector<std::vector<double>>(2));
@@ -230,14 +234,17 @@ void overhead_table(const options& opt) {
   // load affects every one of them alike.
   for (int r = 0; r < opt.runs; ++r)
     for (std::size_t w = 0; w < 2; ++w)
-      for (std::size_t c = 0; c < cs.size(); ++c) results[c][w].push_back(cs[c].fn(worker_counts[w], opt.jobs));
+      for (std::size_t c = 0; c < cs.size(); ++c)
+        results[c][w].push_back(cs[c].fn(worker_counts[w], opt.jobs));
 
   std::printf("\n### Per-job overhead: submit -> empty handler -> done, no rate limit\n\n");
-  std::printf("%zu jobs per run from one producer thread, %d runs; jobs/s as median (min - max); "
-              "ratio = median [min-max] over the runs of this run's jobs/s / the mutex pool's jobs/s in the same "
-              "run with the same workers (they run back to back).\n\n",
-              opt.jobs, opt.runs);
-  std::printf("| implementation | 1 worker: jobs/s | ns/job | ratio | 2 workers: jobs/s | ns/job | ratio |\n");
+  std::printf(
+      "%zu jobs per run from one producer thread, %d runs; jobs/s as median (min - max); "
+      "ratio = median [min-max] over the runs of this run's jobs/s / the mutex pool's jobs/s in the same "
+      "run with the same workers (they run back to back).\n\n",
+      opt.jobs, opt.runs);
+  std::printf(
+      "| implementation | 1 worker: jobs/s | ns/job | ratio | 2 workers: jobs/s | ns/job | ratio |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
   // The baseline is the mutex pool when it ran (see --impl).
   std::size_t base_index = cs.size();
@@ -247,7 +254,8 @@ void overhead_table(const options& opt) {
   // both runs of a pair, so the ratio is steadier than either median.
   auto ratios = [&](std::size_t c, std::size_t w) {
     std::vector<double> v;
-    for (std::size_t r = 0; r < results[c][w].size(); ++r) v.push_back(results[c][w][r] / results[base_index][w][r]);
+    for (std::size_t r = 0; r < results[c][w].size(); ++r)
+      v.push_back(results[c][w][r] / results[base_index][w][r]);
     return summarize(v);
   };
   for (std::size_t c = 0; c < cs.size(); ++c) {
@@ -267,16 +275,16 @@ void overhead_table(const options& opt) {
   }
   if (base_index < cs.size() && cs.front().fn == run_levee) {
     const double ratio2 = ratios(0, 1).median;
-    std::printf("\nBar: levee >= 2x the mutex pool with 2 workers (median of same-run ratios): %.2fx, %s.\n", ratio2,
-                ratio2 >= 2.0 ? "met" : "NOT MET");
+    std::printf("\nBar: levee >= 2x the mutex pool with 2 workers (median of same-run ratios): %.2fx, %s.\n",
+                ratio2, ratio2 >= 2.0 ? "met" : "NOT MET");
   }
 }
 
 // -------------------------------------------------------------- pacing ----
 
 struct pacing_run {
-  double achieved = 0;       // jobs/s after the initial burst
-  double error = 0;          // achieved / target - 1
+  double achieved = 0;                // jobs/s after the initial burst
+  double error = 0;                   // achieved / target - 1
   std::size_t violations = 0;         // strict envelope b + r*w on the handler's clock readings
   std::size_t max_excess = 0;         // worst window: dispatches beyond the envelope
   std::size_t jitter_violations = 0;  // envelope with jitter_permits(rate) extra permits
@@ -342,16 +350,20 @@ pacing_run run_pacing(double rate, std::uint64_t burst_request, double seconds, 
 void pacing_table(const options& opt) {
   const double rates[] = {1e3, 1e4, 1e5};
   const std::size_t workers = 2;
-  std::printf("\n### Real-time pacing of a backlog (steady_clock, %zu workers, %.2f s per run, %d runs)\n\n", workers,
-              opt.seconds, opt.runs);
-  std::printf("A backlog of b + r x %.2f s jobs is submitted at once and drained at rate r. Burst b: the leveler's "
-              "automatic one (options.burst = 0), plus any given with --burst. Achieved rate = (n - b) / (last dispatch - first "
-              "dispatch), from the times the handler ran; violations = admissions closing a window with more than "
-              "b + r*w dispatches (levee::check_conformance), strict and with one timer slack (100 us) of jitter "
-              "allowed.\n\n",
-              opt.seconds);
-  std::printf("| target | burst | achieved: median (min - max) | error: median (worst) | strict violations, max over runs "
-              "| violations with 100 us jitter allowed | within 1%% and 0 violations |\n");
+  std::printf("\n### Real-time pacing of a backlog (steady_clock, %zu workers, %.2f s per run, %d runs)\n\n",
+              workers, opt.seconds, opt.runs);
+  std::printf(
+      "A backlog of b + r x %.2f s jobs is submitted at once and drained at rate r. Burst b: the leveler's "
+      "automatic one (options.burst = 0), plus any given with --burst. Achieved rate = (n - b) / (last "
+      "dispatch - first "
+      "dispatch), from the times the handler ran; violations = admissions closing a window with more than "
+      "b + r*w dispatches (levee::check_conformance), strict and with one timer slack (100 us) of jitter "
+      "allowed.\n\n",
+      opt.seconds);
+  std::printf(
+      "| target | burst | achieved: median (min - max) | error: median (worst) | strict violations, max over "
+      "runs "
+      "| violations with 100 us jitter allowed | within 1%% and 0 violations |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|:---:|\n");
   for (double rate : rates) {
     for (const std::uint64_t burst_request : opt.bursts) {
@@ -371,11 +383,13 @@ void pacing_table(const options& opt) {
       }
       const stats a = summarize(achieved), e = summarize(errors);
       const bool ok = std::abs(worst_error) <= 0.01 && worst_jitter == 0;
-      std::printf("| %s/s | %llu%s | %s/s (%s - %s) | %+.3f%% (%+.3f%%) | %zu (worst excess %zu) | %zu (+%zu permits) "
-                  "| %s |\n",
-                  si(rate).c_str(), static_cast<unsigned long long>(burst), burst_request == 0 ? " (auto)" : "",
-                  si(a.median).c_str(), si(a.min).c_str(), si(a.max).c_str(), 100 * e.median, 100 * worst_error,
-                  worst_violations, worst_excess, worst_jitter, jitter_permits(rate), ok ? "yes" : "**no**");
+      std::printf(
+          "| %s/s | %llu%s | %s/s (%s - %s) | %+.3f%% (%+.3f%%) | %zu (worst excess %zu) | %zu (+%zu "
+          "permits) "
+          "| %s |\n",
+          si(rate).c_str(), static_cast<unsigned long long>(burst), burst_request == 0 ? " (auto)" : "",
+          si(a.median).c_str(), si(a.min).c_str(), si(a.max).c_str(), 100 * e.median, 100 * worst_error,
+          worst_violations, worst_excess, worst_jitter, jitter_permits(rate), ok ? "yes" : "**no**");
     }
   }
 }
@@ -388,7 +402,8 @@ void describe_machine() {
       model = line.substr(line.find(':') + 2);
       break;
     }
-  std::printf("Machine: %s, %u hardware threads. Compiler: %s.\n", model.c_str(), std::thread::hardware_concurrency(),
+  std::printf("Machine: %s, %u hardware threads. Compiler: %s.\n", model.c_str(),
+              std::thread::hardware_concurrency(),
 #if defined(__clang__)
               "clang " __clang_version__
 #elif defined(__GNUC__)
@@ -433,8 +448,9 @@ int main(int argc, char** argv) {
     } else if (a == "--impl") {
       opt.impl = value();
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing] "
-                  "[--impl NAME-PREFIX] [--burst N]...\n");
+      std::printf(
+          "usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing] "
+          "[--impl NAME-PREFIX] [--burst N]...\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_leveler: unknown flag '%s'\n", argv[i]);

@@ -9,11 +9,8 @@
 // its ratio to the best competitor (not levee) of the same column.
 // Options: --smoke (tiny counts), --runs N, --filter SUBSTRING (queues whose
 // name contains it, plus levee), --only SECTION (throughput|try|blocking|pingpong|idle|bulk).
-#include "bench_support.hpp"
-
-#include <levee/detail/cache.hpp>
-#include <levee/detail/wait.hpp>
-#include <levee/mpmc_queue.hpp>
+#include <sys/resource.h>
+#include <sys/utsname.h>
 
 #include <algorithm>
 #include <array>
@@ -29,6 +26,9 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <levee/detail/cache.hpp>
+#include <levee/detail/wait.hpp>
+#include <levee/mpmc_queue.hpp>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -36,8 +36,7 @@
 #include <thread>
 #include <vector>
 
-#include <sys/resource.h>
-#include <sys/utsname.h>
+#include "bench_support.hpp"
 
 #if defined(LEVEE_HAVE_ATOMIC_QUEUE)
 #include <atomic_queue/atomic_queue.h>
@@ -189,7 +188,8 @@ struct aq_b_adapter {
 template <class T>
 struct moody_adapter {
   static constexpr const char* name = "moodycamel::ConcurrentQueue";
-  static constexpr const char* blocking_kind = "wait_dequeue (spin, then semaphore); no blocking enqueue: try_ loop";
+  static constexpr const char* blocking_kind =
+      "wait_dequeue (spin, then semaphore); no blocking enqueue: try_ loop";
   moodycamel::BlockingConcurrentQueue<T> q{capacity};
   bool try_push(const T& v) { return q.try_enqueue(v); }
   bool try_pop(T& v) { return q.try_dequeue(v); }
@@ -391,10 +391,12 @@ void print_table(const table& t) {
     std::printf("\n");
   }
   std::printf("| *best competitor* |");
-  for (std::size_t c = 0; c < t.columns.size(); ++c) std::printf(" %s |", has_best[c] ? best_name[c].c_str() : "–");
-  std::printf("\n\nCells: median [min–max] of %d runs in %s; ×r = median / best competitor's median "
-              "(%s is better).\n",
-              opt.runs, t.unit.c_str(), t.higher_is_better ? "higher" : "lower");
+  for (std::size_t c = 0; c < t.columns.size(); ++c)
+    std::printf(" %s |", has_best[c] ? best_name[c].c_str() : "–");
+  std::printf(
+      "\n\nCells: median [min–max] of %d runs in %s; ×r = median / best competitor's median "
+      "(%s is better).\n",
+      opt.runs, t.unit.c_str(), t.higher_is_better ? "higher" : "lower");
 }
 
 template <class T>
@@ -412,7 +414,8 @@ std::vector<entry<T>> throughput_entries([[maybe_unused]] bool blocking) {
   e.push_back({levee_adapter<T>::name, &throughput_once<levee_adapter<T>, T>});
 #if defined(LEVEE_HAVE_ATOMIC_QUEUE)
 #if defined(LEVEE_BENCH_AQ_B)
-  if constexpr (std::is_same_v<T, std::uint64_t>) e.push_back({aq_b_adapter::name, &throughput_once<aq_b_adapter, T>});
+  if constexpr (std::is_same_v<T, std::uint64_t>)
+    e.push_back({aq_b_adapter::name, &throughput_once<aq_b_adapter, T>});
 #endif
   e.push_back({aq_b2_adapter<T>::name, &throughput_once<aq_b2_adapter<T>, T>});
 #endif
@@ -445,12 +448,13 @@ void throughput_table(const char* size_name, bool blocking) {
   const double target_seconds = 0.05;
   auto entries = throughput_entries<T>(blocking);
   table t;
-  t.title = std::string("Throughput, ") + size_name + " items, " + (blocking ? "blocking mode" : "try_ mode") +
-            ", capacity 1024 (M items/s)";
+  t.title = std::string("Throughput, ") + size_name + " items, " +
+            (blocking ? "blocking mode" : "try_ mode") + ", capacity 1024 (M items/s)";
   for (int n : pairs) t.columns.push_back(std::to_string(n) + "P" + std::to_string(n) + "C");
   t.unit = "M items/s";
   t.scale = 1e6;
-  for (const auto& e : entries) t.rows.push_back({e.name, std::vector<std::vector<double>>(std::size(pairs))});
+  for (const auto& e : entries)
+    t.rows.push_back({e.name, std::vector<std::vector<double>>(std::size(pairs))});
   // Item counts are calibrated per cell so that one run takes about
   // target_seconds (slow queues, e.g. spinning ones under oversubscription,
   // would otherwise dominate the total time).
@@ -474,7 +478,8 @@ void throughput_table(const char* size_name, bool blocking) {
   // The scalability bar: 8P8C >= 50% of 1P1C.
   for (const row& r : t.rows) {
     if (r.name.find("levee") == std::string::npos) continue;
-    std::printf("levee 8P8C / 1P1C = %.2f\n", summarize(r.samples[3]).median / summarize(r.samples[0]).median);
+    std::printf("levee 8P8C / 1P1C = %.2f\n",
+                summarize(r.samples[3]).median / summarize(r.samples[0]).median);
   }
 }
 
@@ -607,7 +612,8 @@ void pingpong_table() {
     t.rows.back().samples[0].push_back(pingpong_raw(raw_trips));
   }
   print_table(t);
-  std::printf("(the raw cache line row is the physical floor, not a competitor; it is excluded from 'best')\n");
+  std::printf(
+      "(the raw cache line row is the physical floor, not a competitor; it is excluded from 'best')\n");
 }
 
 // ---- CPU of a blocked consumer ------------------------------------------------
@@ -655,7 +661,8 @@ void idle_table() {
   e.push_back({aq_b2_adapter<U>::name, aq_b2_adapter<U>::blocking_kind, &idle_cpu_once<aq_b2_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_CONCURRENTQUEUE)
-  e.push_back({"moodycamel::BlockingConcurrentQueue", moody_adapter<U>::blocking_kind, &idle_cpu_once<moody_adapter<U>>});
+  e.push_back({"moodycamel::BlockingConcurrentQueue", moody_adapter<U>::blocking_kind,
+               &idle_cpu_once<moody_adapter<U>>});
 #endif
 #if defined(LEVEE_HAVE_BOOST_LOCKFREE)
   e.push_back({boost_adapter<U>::name, boost_adapter<U>::blocking_kind, &idle_cpu_once<boost_adapter<U>>});
@@ -694,7 +701,8 @@ double bulk_once(int n, std::size_t batch, std::uint64_t items) {
         for (std::size_t k = 0; k < batch; ++k) buf[k] = base + i + k;
         std::size_t done = 0;
         for (backoff b; done < batch;) {
-          const std::size_t got = q.try_push_bulk(buf.begin() + static_cast<std::ptrdiff_t>(done), batch - done);
+          const std::size_t got =
+              q.try_push_bulk(buf.begin() + static_cast<std::ptrdiff_t>(done), batch - done);
           if (got == 0) b();
           done += got;
         }
@@ -741,13 +749,16 @@ void bulk_table() {
   t.unit = "M items/s";
   t.scale = 1e6;
   const std::size_t batches[] = {16, 64};
-  t.rows.push_back({"single try_push/try_pop (baseline)", std::vector<std::vector<double>>(std::size(pairs))});
+  t.rows.push_back(
+      {"single try_push/try_pop (baseline)", std::vector<std::vector<double>>(std::size(pairs))});
   for (std::size_t b : batches) {
-    t.rows.push_back({"levee bulk, batch " + std::to_string(b), std::vector<std::vector<double>>(std::size(pairs))});
+    t.rows.push_back(
+        {"levee bulk, batch " + std::to_string(b), std::vector<std::vector<double>>(std::size(pairs))});
   }
   for (int run = 0; run < opt.runs; ++run) {
     for (std::size_t c = 0; c < std::size(pairs); ++c) {
-      t.rows[0].samples[c].push_back(throughput_once<levee_adapter<std::uint64_t>, std::uint64_t>(pairs[c], false, items));
+      t.rows[0].samples[c].push_back(
+          throughput_once<levee_adapter<std::uint64_t>, std::uint64_t>(pairs[c], false, items));
       for (std::size_t b = 0; b < std::size(batches); ++b) {
         t.rows[b + 1].samples[c].push_back(bulk_once(pairs[c], batches[b], items));
       }
@@ -769,7 +780,8 @@ void describe_machine() {
   utsname u{};
   uname(&u);
   std::printf("Machine: %s, %u hardware threads, Linux %s; compiler %s; %d runs per cell%s.\n", model.c_str(),
-              std::thread::hardware_concurrency(), u.release, __VERSION__, opt.runs, opt.smoke ? " (SMOKE MODE)" : "");
+              std::thread::hardware_concurrency(), u.release, __VERSION__, opt.runs,
+              opt.smoke ? " (SMOKE MODE)" : "");
 }
 
 }  // namespace
@@ -790,7 +802,9 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       opt.only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--smoke] [--runs N] [--filter NAME] [--only throughput|try|blocking|pingpong|idle|bulk]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--smoke] [--runs N] [--filter NAME] [--only "
+                   "throughput|try|blocking|pingpong|idle|bulk]\n",
                    argv[0]);
       return 2;
     }

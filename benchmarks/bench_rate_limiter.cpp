@@ -25,9 +25,6 @@
 //   burst 16, and bursts of 2 ms and 20 ms of the rate (late wake-ups up to
 //   that long are absorbed by the bucket).
 // Options: --smoke, --runs N (default 5), --table 1|2 (only that table).
-#include <levee/conformance.hpp>
-#include <levee/rate_limiter.hpp>
-
 #include <sys/resource.h>
 #include <sys/utsname.h>
 
@@ -41,6 +38,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <levee/conformance.hpp>
+#include <levee/rate_limiter.hpp>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -97,7 +96,8 @@ class cas_double_bucket {
       const double tokens = std::min((now - z) * per_ns_, burst_);
       if (tokens < 1.0) return false;
       const double nz = now - (tokens - 1.0) / per_ns_;
-      if (zero_.compare_exchange_weak(z, nz, std::memory_order_acq_rel, std::memory_order_relaxed)) return true;
+      if (zero_.compare_exchange_weak(z, nz, std::memory_order_acq_rel, std::memory_order_relaxed))
+        return true;
     }
   }
 
@@ -118,9 +118,12 @@ std::string load_average() {
 enum class impl { levee, mutex, cas_double };
 const char* impl_name(impl i) {
   switch (i) {
-    case impl::levee: return "levee::rate_limiter (GCRA, 1 CAS)";
-    case impl::mutex: return "std::mutex token bucket";
-    case impl::cas_double: return "CAS on atomic<double>";
+    case impl::levee:
+      return "levee::rate_limiter (GCRA, 1 CAS)";
+    case impl::mutex:
+      return "std::mutex token bucket";
+    case impl::cas_double:
+      return "CAS on atomic<double>";
   }
   return "?";
 }
@@ -135,8 +138,8 @@ struct workload {
 // that every implementation runs the same loop with nothing decided per call
 // except the call itself (and the clock read every 64 calls, or in every call).
 template <impl Which, bool ClockInside>
-std::uint64_t call_loop(levee::rate_limiter<>& lim, mutex_bucket& mb, cas_double_bucket& cb, std::uint64_t calls,
-                        sc::time_point t0) {
+std::uint64_t call_loop(levee::rate_limiter<>& lim, mutex_bucket& mb, cas_double_bucket& cb,
+                        std::uint64_t calls, sc::time_point t0) {
   std::uint64_t ok = 0;
   sc::time_point now = t0;
   for (std::uint64_t i = 0; i < calls; ++i) {
@@ -190,12 +193,24 @@ double run_try(impl which, const workload& w, int threads, bool clock_inside, st
       const auto t0 = sc::now();
       std::uint64_t ok = 0;
       switch ((which == impl::levee ? 0 : which == impl::mutex ? 2 : 4) + (clock_inside ? 1 : 0)) {
-        case 0: ok = call_loop<impl::levee, false>(lim, mb, cb, calls, t0); break;
-        case 1: ok = call_loop<impl::levee, true>(lim, mb, cb, calls, t0); break;
-        case 2: ok = call_loop<impl::mutex, false>(lim, mb, cb, calls, t0); break;
-        case 3: ok = call_loop<impl::mutex, true>(lim, mb, cb, calls, t0); break;
-        case 4: ok = call_loop<impl::cas_double, false>(lim, mb, cb, calls, t0); break;
-        default: ok = call_loop<impl::cas_double, true>(lim, mb, cb, calls, t0); break;
+        case 0:
+          ok = call_loop<impl::levee, false>(lim, mb, cb, calls, t0);
+          break;
+        case 1:
+          ok = call_loop<impl::levee, true>(lim, mb, cb, calls, t0);
+          break;
+        case 2:
+          ok = call_loop<impl::mutex, false>(lim, mb, cb, calls, t0);
+          break;
+        case 3:
+          ok = call_loop<impl::mutex, true>(lim, mb, cb, calls, t0);
+          break;
+        case 4:
+          ok = call_loop<impl::cas_double, false>(lim, mb, cb, calls, t0);
+          break;
+        default:
+          ok = call_loop<impl::cas_double, true>(lim, mb, cb, calls, t0);
+          break;
       }
       elapsed[static_cast<std::size_t>(t)] = std::chrono::duration<double, std::nano>(sc::now() - t0).count();
       admitted.fetch_add(ok);
@@ -213,10 +228,11 @@ void table1() {
   const workload loads[] = {{"admit", 1e9, 1'000'000}, {"reject", 1000, 10}};
   const std::uint64_t calls = smoke ? 20'000 : 2'000'000;
   std::printf("\n## 1. ns per try_acquire (lower is better)\n\n");
-  std::printf("Median [min-max] of %d runs, %llu calls per thread; with 2 threads each thread's own time per call "
-              "(both hammer one limiter). The implementations run interleaved in every run; `x mutex` = median "
-              "[min-max] over the runs of (mutex ns / cell ns) measured in the same run.\n\n",
-              runs, static_cast<unsigned long long>(calls));
+  std::printf(
+      "Median [min-max] of %d runs, %llu calls per thread; with 2 threads each thread's own time per call "
+      "(both hammer one limiter). The implementations run interleaved in every run; `x mutex` = median "
+      "[min-max] over the runs of (mutex ns / cell ns) measured in the same run.\n\n",
+      runs, static_cast<unsigned long long>(calls));
   std::printf("| workload | now | threads | implementation | ns/call | x mutex | admitted/call |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const auto& w : loads) {
@@ -280,7 +296,8 @@ pacing_result run_pacing(std::uint64_t per_second, std::uint64_t burst, std::chr
     levee::rate_limiter<> lim(r, burst);
     lim.set_spin_limit(spin);
     std::vector<sc::time_point> adm;
-    adm.reserve(static_cast<std::size_t>(static_cast<double>(per_second) * length.count() * 1.1) + burst + 16);
+    adm.reserve(static_cast<std::size_t>(static_cast<double>(per_second) * length.count() * 1.1) + burst +
+                16);
     const double cpu0 = thread_cpu_seconds();
     const auto t0 = sc::now();
     const auto end = t0 + std::chrono::duration_cast<sc::duration>(length);
@@ -316,10 +333,14 @@ void wake_latency() {
     late.push_back(std::chrono::duration<double, std::micro>(sc::now() - t).count());
   }
   std::sort(late.begin(), late.end());
-  auto pct = [&](double p) { return late[static_cast<std::size_t>(p * static_cast<double>(late.size() - 1))]; };
-  std::printf("\nOS wake-up lateness of %d absolute sleeps (1 ms apart) just before table 2: p50 %.0f us, p90 %.0f us, "
-              "p99 %.0f us, max %.0f us; load average %s.\n",
-              n, pct(0.5), pct(0.9), pct(0.99), late.back(), load_average().c_str());
+  auto pct = [&](double p) {
+    return late[static_cast<std::size_t>(p * static_cast<double>(late.size() - 1))];
+  };
+  std::printf(
+      "\nOS wake-up lateness of %d absolute sleeps (1 ms apart) just before table 2: p50 %.0f us, p90 %.0f "
+      "us, "
+      "p99 %.0f us, max %.0f us; load average %s.\n",
+      n, pct(0.5), pct(0.9), pct(0.99), late.back(), load_average().c_str());
 }
 
 void table2() {
@@ -327,10 +348,13 @@ void table2() {
   const auto length = smoke ? std::chrono::duration<double>(0.1) : std::chrono::duration<double>(2.0);
   const int pruns = smoke ? 1 : runs;
   std::printf("\n## 2. Real-clock pacing with acquire() (target: achieved within 1%%, 0 violations)\n\n");
-  std::printf("One thread, %.1f s per run, median [min-max] of %d runs. achieved = (admitted - burst) / elapsed / "
-              "target. CPU = pacing thread's user+sys time per admitted permit.\n\n",
-              length.count(), pruns);
-  std::printf("| target /s | configuration | achieved / target | envelope violations (max of runs) | CPU us/permit |\n");
+  std::printf(
+      "One thread, %.1f s per run, median [min-max] of %d runs. achieved = (admitted - burst) / elapsed / "
+      "target. CPU = pacing thread's user+sys time per admitted permit.\n\n",
+      length.count(), pruns);
+  std::printf(
+      "| target /s | configuration | achieved / target | envelope violations (max of runs) | CPU us/permit "
+      "|\n");
   std::printf("|---|---|---|---|---|\n");
   struct cfg {
     const char* name;
@@ -348,7 +372,8 @@ void table2() {
       if (c.burst == 0) {  // sized from the rate; spin 1ns marks the 20 ms variant
         const bool big = c.spin == 1ns;
         c.burst = std::max<std::uint64_t>(2, big ? per_s / 50 : per_s / 500);
-        name = "burst " + std::to_string(c.burst) + (big ? " (20 ms of rate)" : " (2 ms of rate)") + ", sleep only";
+        name = "burst " + std::to_string(c.burst) + (big ? " (20 ms of rate)" : " (2 ms of rate)") +
+               ", sleep only";
         c.spin = 0ns;
       }
       std::vector<double> ach, cpu;
@@ -360,8 +385,9 @@ void table2() {
         viol = std::max(viol, res.violations);
       }
       const auto a = summarize(ach), u = summarize(cpu);
-      std::printf("| %llu | %s | %.4f [%.4f-%.4f] | %zu | %.2f [%.2f-%.2f] |\n", static_cast<unsigned long long>(per_s),
-                  name.c_str(), a.median, a.min, a.max, viol, u.median, u.min, u.max);
+      std::printf("| %llu | %s | %.4f [%.4f-%.4f] | %zu | %.2f [%.2f-%.2f] |\n",
+                  static_cast<unsigned long long>(per_s), name.c_str(), a.median, a.min, a.max, viol,
+                  u.median, u.min, u.max);
     }
   }
 }

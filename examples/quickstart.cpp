@@ -1,8 +1,7 @@
 // quickstart: the smallest useful levee program (the README's first example):
 // 100 e-mails to a provider that accepts 50 calls per second, 4 at a time.
-#include <levee/leveler.hpp>
-
 #include <cstdio>
+#include <levee/leveler.hpp>
 #include <string>
 
 int main() {

@@ -11,13 +11,12 @@
 // The program checks that every good webhook was delivered, every poison one
 // was dead-lettered after exactly max_attempts attempts with its last error,
 // and nothing else was; it exits non-zero when not.
-#include <levee/leveler.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <levee/leveler.hpp>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -83,7 +82,8 @@ int main(int argc, char** argv) {
             std::lock_guard lock(mutex);
             attempt = ++attempts[w.id];
           }
-          if (w.malformed) throw std::invalid_argument("webhook " + std::to_string(w.id) + ": malformed payload");
+          if (w.malformed)
+            throw std::invalid_argument("webhook " + std::to_string(w.id) + ": malformed payload");
           if ((attempt == 1 && w.id % 3 == 0) || (attempt == 2 && w.id % 7 == 0))
             throw std::runtime_error("endpoint " + std::to_string(endpoint) + ": 503 Service Unavailable");
           std::lock_guard lock(mutex);
@@ -104,11 +104,14 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(poison));
   std::printf("delivered %llu, failed attempts %llu, retried %llu, dead-lettered %llu\n",
               static_cast<unsigned long long>(m.succeeded), static_cast<unsigned long long>(m.failed),
-              static_cast<unsigned long long>(m.retried), static_cast<unsigned long long>(m.dead_lettered.total()));
+              static_cast<unsigned long long>(m.retried),
+              static_cast<unsigned long long>(m.dead_lettered.total()));
   std::printf("dead-letter sink:\n");
   for (std::size_t i = 0; i < dead.size() && i < 4; ++i)
-    std::printf("  webhook %llu: %s after %u attempts, last error \"%s\"\n", static_cast<unsigned long long>(dead[i].id),
-                std::string(levee::to_string(dead[i].reason)).c_str(), attempts[dead[i].id], dead[i].last_error.c_str());
+    std::printf("  webhook %llu: %s after %u attempts, last error \"%s\"\n",
+                static_cast<unsigned long long>(dead[i].id),
+                std::string(levee::to_string(dead[i].reason)).c_str(), attempts[dead[i].id],
+                dead[i].last_error.c_str());
   if (dead.size() > 4) std::printf("  ... and %zu more\n", dead.size() - 4);
 
   bool ok = true;
@@ -123,17 +126,21 @@ int main(int argc, char** argv) {
   bool poison_dead = dead.size() == poison;
   for (const auto& d : dead)
     poison_dead = poison_dead && d.id % 50 == 13 && d.reason == levee::dead_letter_reason::failed &&
-                  attempts[d.id] == max_attempts && d.last_error.find("malformed payload") != std::string::npos;
-  expect(poison_dead, "every poison webhook was dead-lettered as failed after max_attempts, with its last error");
+                  attempts[d.id] == max_attempts &&
+                  d.last_error.find("malformed payload") != std::string::npos;
+  expect(poison_dead,
+         "every poison webhook was dead-lettered as failed after max_attempts, with its last error");
   // Expected retries: one for each good webhook whose first attempt failed
   // (id % 3 == 0), one more for those whose second failed too (id % 21 == 0),
   // and max_attempts - 1 for each poison one.
   std::uint64_t expected_retries = 0;
   for (std::uint64_t id = 0; id < n; ++id)
-    expected_retries += id % 50 == 13 ? max_attempts - 1u : (id % 3 == 0 ? 1u : 0u) + (id % 21 == 0 ? 1u : 0u);
+    expected_retries +=
+        id % 50 == 13 ? max_attempts - 1u : (id % 3 == 0 ? 1u : 0u) + (id % 21 == 0 ? 1u : 0u);
   expect(m.retried == expected_retries && m.succeeded == n - poison,
          ("the leveler retried exactly the failed attempts (" + std::to_string(m.retried) + " of " +
-          std::to_string(expected_retries) + " expected)").c_str());
+          std::to_string(expected_retries) + " expected)")
+             .c_str());
   expect(m.succeeded + m.dead_lettered.total() == n, "every webhook reached exactly one final state");
   return ok ? 0 : 1;
 }

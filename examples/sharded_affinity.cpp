@@ -9,11 +9,10 @@
 // By default all four hashing strategies run in turn.
 //
 // The program checks both claims and exits non-zero when one does not hold.
-#include <levee/balance.hpp>
-#include <levee/leveler.hpp>
-
 #include <cstdint>
 #include <cstdio>
+#include <levee/balance.hpp>
+#include <levee/leveler.hpp>
 #include <map>
 #include <mutex>
 #include <set>
@@ -77,18 +76,20 @@ int run(std::string_view strategy_name, bool smoke) {
     lev.drain();
   };
 
-  std::printf("strategy %.*s: %llu accounts x %llu events over %zu shards\n", static_cast<int>(strategy_name.size()),
-              strategy_name.data(), static_cast<unsigned long long>(accounts),
-              static_cast<unsigned long long>(events_per_account), shards);
+  std::printf("strategy %.*s: %llu accounts x %llu events over %zu shards\n",
+              static_cast<int>(strategy_name.size()), strategy_name.data(),
+              static_cast<unsigned long long>(accounts), static_cast<unsigned long long>(events_per_account),
+              shards);
   send_round();
   const auto before = log.seen();
   bool sticky = before.size() == accounts;
   for (const auto& [account, where] : before) sticky = sticky && where.size() == 1;
   std::printf("round 1:");
-  for (const auto& [shard, n] : log.per_shard()) std::printf("  shard %zu: %llu jobs", shard, static_cast<unsigned long long>(n));
+  for (const auto& [shard, n] : log.per_shard())
+    std::printf("  shard %zu: %llu jobs", shard, static_cast<unsigned long long>(n));
   std::printf("\n");
-  std::printf("  account 7 -> shard %zu, account 42 -> shard %zu, account 99 -> shard %zu\n", *before.at(7).begin(),
-              *before.at(42).begin(), *before.at(99).begin());
+  std::printf("  account 7 -> shard %zu, account 42 -> shard %zu, account 99 -> shard %zu\n",
+              *before.at(7).begin(), *before.at(42).begin(), *before.at(99).begin());
 
   // Remove the last shard (jump_hash can only lose its last bucket without
   // reshuffling; the others could lose any).
@@ -114,10 +115,12 @@ int run(std::string_view strategy_name, bool smoke) {
     if (where.count(removed) != 0) sticky_after = false;
   }
   std::printf("round 2, shard %zu removed:", removed);
-  for (const auto& [shard, n] : log.per_shard()) std::printf("  shard %zu: %llu jobs", shard, static_cast<unsigned long long>(n));
-  std::printf("\n  %llu accounts moved (%llu of them had lived on the removed shard), %llu stayed where they were\n",
-              static_cast<unsigned long long>(moved), static_cast<unsigned long long>(on_removed),
-              static_cast<unsigned long long>(stayed));
+  for (const auto& [shard, n] : log.per_shard())
+    std::printf("  shard %zu: %llu jobs", shard, static_cast<unsigned long long>(n));
+  std::printf(
+      "\n  %llu accounts moved (%llu of them had lived on the removed shard), %llu stayed where they were\n",
+      static_cast<unsigned long long>(moved), static_cast<unsigned long long>(on_removed),
+      static_cast<unsigned long long>(stayed));
 
   bool ok = true;
   auto expect = [&](bool cond, const std::string& what) {
@@ -130,9 +133,9 @@ int run(std::string_view strategy_name, bool smoke) {
   // nothing that did not live on the removed shard.
   const bool is_maglev = strategy_name == "maglev";
   const std::uint64_t allowed = is_maglev ? accounts / 20 : 0;
-  expect(wrongly_moved <= allowed,
-         "only accounts of the removed shard moved (" + std::to_string(wrongly_moved) + " others moved, allowed " +
-             std::to_string(allowed) + ")");
+  expect(wrongly_moved <= allowed, "only accounts of the removed shard moved (" +
+                                       std::to_string(wrongly_moved) + " others moved, allowed " +
+                                       std::to_string(allowed) + ")");
   return ok ? 0 : 1;
 }
 
@@ -148,7 +151,9 @@ int main(int argc, char** argv) {
     } else if (a == "--strategy" && i + 1 < argc) {
       strategy = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: sharded_affinity [--smoke] [--strategy all|ring_hash|maglev|rendezvous|jump_hash]\n");
+      std::fprintf(
+          stderr,
+          "usage: sharded_affinity [--smoke] [--strategy all|ring_hash|maglev|rendezvous|jump_hash]\n");
       return 2;
     }
   }

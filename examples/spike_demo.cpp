@@ -14,9 +14,7 @@
 //   peak backlog  B = (spike*r - r) * S - b
 //   drain time    B / (r - base)
 // The program exits non-zero when a claim does not hold.
-#include <levee/balance.hpp>
-#include <levee/conformance.hpp>
-#include <levee/leveler.hpp>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +27,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <levee/balance.hpp>
+#include <levee/conformance.hpp>
+#include <levee/leveler.hpp>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -36,8 +37,6 @@
 #include <string_view>
 #include <thread>
 #include <vector>
-
-#include <unistd.h>
 
 namespace {
 
@@ -63,8 +62,9 @@ struct config {
 };
 
 constexpr const char* strategy_names[] = {
-    "round_robin", "weighted_round_robin", "random",     "weighted_random", "least_loaded", "power_of_two",
-    "peak_ewma",   "ring_hash",            "maglev",     "rendezvous",      "jump_hash"};
+    "round_robin",  "weighted_round_robin", "random",    "weighted_random",
+    "least_loaded", "power_of_two",         "peak_ewma", "ring_hash",
+    "maglev",       "rendezvous",           "jump_hash"};
 
 void print_usage(std::ostream& os) {
   os << "usage: spike_demo [flags]\n"
@@ -96,7 +96,8 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-double parse_number(std::string_view flag, std::string_view text, double min_exclusive, double max_inclusive) {
+double parse_number(std::string_view flag, std::string_view text, double min_exclusive,
+                    double max_inclusive) {
   double v = 0;
   const auto* end = text.data() + text.size();
   auto [p, ec] = std::from_chars(text.data(), end, v);
@@ -157,7 +158,8 @@ std::optional<config> parse_flags(int argc, char** argv) {
       c.workers = static_cast<std::size_t>(std::llround(parse_number(flag, need(), 0.5, 64.0)));
     } else if (flag == "--strategy") {
       c.strategy = need();
-      if (std::find(std::begin(strategy_names), std::end(strategy_names), c.strategy) == std::end(strategy_names))
+      if (std::find(std::begin(strategy_names), std::end(strategy_names), c.strategy) ==
+          std::end(strategy_names))
         throw usage_error("--strategy: unknown strategy '" + c.strategy + "'");
     } else if (flag == "--out") {
       c.out = need();
@@ -173,13 +175,15 @@ std::optional<config> parse_flags(int argc, char** argv) {
        << ": a queue fed faster than it is drained never empties (the 'trailing behind' case)";
     throw usage_error(os.str());
   }
-  if (c.spike * c.rate > 2e5) throw usage_error("--spike x --rate above 200000 jobs/s is beyond this demo's producer");
-  const double backlog = std::max(0.0, (c.spike * c.rate - c.rate) * c.spike_seconds - static_cast<double>(c.burst));
+  if (c.spike * c.rate > 2e5)
+    throw usage_error("--spike x --rate above 200000 jobs/s is beyond this demo's producer");
+  const double backlog =
+      std::max(0.0, (c.spike * c.rate - c.rate) * c.spike_seconds - static_cast<double>(c.burst));
   const double runtime = c.lead_seconds + c.spike_seconds + backlog / (c.rate - c.base) + c.tail_seconds;
   if (runtime > 600.0) {
     std::ostringstream os;
-    os << "this scenario would run for " << std::lround(runtime) << " s (the backlog drains at rate - base = "
-       << (c.rate - c.base) << " jobs/s); keep it under 600 s";
+    os << "this scenario would run for " << std::lround(runtime)
+       << " s (the backlog drains at rate - base = " << (c.rate - c.base) << " jobs/s); keep it under 600 s";
     throw usage_error(os.str());
   }
   return c;
@@ -290,7 +294,8 @@ class live_view {
 
   // eta: the leveler's own drain ETA (metrics().drain_eta), trailing: its
   // trailing_behind flag (arrivals keep pace with or outpace the drain).
-  void update(const live_sample& s, std::int64_t depth, std::int64_t peak, std::optional<double> eta, bool trailing) {
+  void update(const live_sample& s, std::int64_t depth, std::int64_t peak, std::optional<double> eta,
+              bool trailing) {
     history_.push_back(s);
     // Rates over the trailing half second.
     std::size_t k = history_.size() - 1;
@@ -299,8 +304,11 @@ class live_view {
     const double dt = std::max(1e-9, s.t - o.t);
     const double arr = (s.arrived - o.arrived) / dt, disp = (s.started - o.started) / dt;
     const double progress = s.started / static_cast<double>(std::max<std::size_t>(1, p_.total_jobs));
-    const char* phase = s.t < p_.spike_begin ? "base load" : s.t < p_.spike_end ? "SPIKE" : depth > 1 ? "draining" : "steady";
-    const std::string eta_text = trailing                ? "   trailing behind: arrivals outpace the limit"
+    const char* phase = s.t < p_.spike_begin ? "base load"
+                        : s.t < p_.spike_end ? "SPIKE"
+                        : depth > 1          ? "draining"
+                                             : "steady";
+    const std::string eta_text = trailing             ? "   trailing behind: arrivals outpace the limit"
                                  : eta && *eta > 0.05 ? fmt("   drain ETA %.1f s", *eta)
                                                       : std::string();
     const double depth_scale = std::max({p_.backlog, static_cast<double>(peak), 1.0});
@@ -315,12 +323,14 @@ class live_view {
       std::string out;
       if (drawn_) out += "\x1b[6F";  // back to the first line of the previous frame
       auto line = [&](const std::string& l) { out += "\x1b[2K" + l + "\n"; };
-      line(std::string(hi) + "levee spike demo" + off + "   t = " + fmt("%5.1f s", s.t) + "   phase: " + hi + phase + off);
+      line(std::string(hi) + "levee spike demo" + off + "   t = " + fmt("%5.1f s", s.t) + "   phase: " + hi +
+           phase + off);
       line(std::string("  arrivals ") + org + bar(arr / rate_scale, 40, true) + off + fmt(" %7.0f/s", arr));
       line(std::string("  dispatch ") + blu + bar(disp / rate_scale, 40, true) + off + fmt(" %7.0f/s", disp) +
            fmt("   limit %.0f/s", c_.rate));
       line(std::string("  queue    ") + mag + bar(static_cast<double>(depth) / depth_scale, 40, true) + off +
-           fmt(" %7.0f", static_cast<double>(depth)) + fmt("   peak %.0f", static_cast<double>(peak)) + eta_text);
+           fmt(" %7.0f", static_cast<double>(depth)) + fmt("   peak %.0f", static_cast<double>(peak)) +
+           eta_text);
       line("  progress " + bar(progress, 40, true) + fmt(" %5.1f%%", 100.0 * progress) +
            fmt("   %.0f", s.started) + fmt(" / %.0f jobs", static_cast<double>(p_.total_jobs)));
       line("");
@@ -332,10 +342,12 @@ class live_view {
       if (next_plain_ == 0.0) next_plain_ = every;
       if (s.t + 1e-9 < next_plain_) return;
       next_plain_ += every;
-      std::printf("[%5.1f s] %-9s arrivals %6.0f/s  dispatch %6.0f/s (limit %.0f/s)  queue %6lld %s  done %3.0f%%%s\n",
-                  s.t, phase, arr, disp, c_.rate, static_cast<long long>(depth),
-                  bar(static_cast<double>(depth) / depth_scale, 20, false).c_str(), 100.0 * progress,
-                  eta_text.c_str());
+      std::printf(
+          "[%5.1f s] %-9s arrivals %6.0f/s  dispatch %6.0f/s (limit %.0f/s)  queue %6lld %s  done "
+          "%3.0f%%%s\n",
+          s.t, phase, arr, disp, c_.rate, static_cast<long long>(depth),
+          bar(static_cast<double>(depth) / depth_scale, 20, false).c_str(), 100.0 * progress,
+          eta_text.c_str());
       std::fflush(stdout);
     }
   }
@@ -379,8 +391,8 @@ series rate_series(const std::vector<std::int64_t>& sorted_ns, double bin, doubl
   return s;
 }
 
-chart_data make_chart_data(const std::vector<std::int64_t>& arrivals, const std::vector<std::int64_t>& dispatches,
-                           double duration, double drained_t) {
+chart_data make_chart_data(const std::vector<std::int64_t>& arrivals,
+                           const std::vector<std::int64_t>& dispatches, double duration, double drained_t) {
   chart_data d;
   d.duration = duration;
   d.drained_t = drained_t;
@@ -443,11 +455,20 @@ std::string esc(std::string_view s) {
   std::string o;
   for (char ch : s) {
     switch (ch) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += ch;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      default:
+        o += ch;
     }
   }
   return o;
@@ -460,9 +481,10 @@ struct chart_text {
 // Writes an SVG line chart: arrival and dispatch rate on the left axis, queue
 // depth as a shaded area on the right axis, the rate limit as a dashed line,
 // the spike as a band. Throws std::runtime_error when the file cannot be written.
-void write_svg(const std::string& path, const config& c, const plan& p, const chart_data& d, const chart_text& text) {
+void write_svg(const std::string& path, const config& c, const plan& p, const chart_data& d,
+               const chart_text& text) {
   const double W = 1000, H = 560;
-  const double L = 84, R = W - 92, T = 112, B = H - 78;  // plot area
+  const double L = 84, R = W - 92, T = 112, B = H - 78;      // plot area
   const axis xa{d.duration, nice_axis(d.duration, 8).step};  // the axis ends where the data ends
   double rate_max = c.rate;
   for (double v : d.arrival_rate.value) rate_max = std::max(rate_max, v);
@@ -479,7 +501,8 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   auto YD = [&](double v) { return B - (B - T) * v / yd_max; };
   auto pt = [](double x, double y) { return fmt("%.1f", x) + "," + fmt("%.1f", y); };
 
-  const char* font = "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif\"";
+  const char* font =
+      "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif\"";
   const char* c_arr = "#e8710a";
   const char* c_disp = "#1a73e8";
   const char* c_depth = "#9334e6";
@@ -491,17 +514,18 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   s << "<title>" << esc(text.title) << "</title>\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
   // Title block.
-  s << "<text x=\"" << L << "\" y=\"36\" font-size=\"21\" font-weight=\"600\" fill=\"#202124\">" << esc(text.title)
+  s << "<text x=\"" << L << "\" y=\"36\" font-size=\"21\" font-weight=\"600\" fill=\"#202124\">"
+    << esc(text.title) << "</text>\n";
+  s << "<text x=\"" << L << "\" y=\"60\" font-size=\"13.5\" fill=\"#5f6368\">" << esc(text.subtitle)
     << "</text>\n";
-  s << "<text x=\"" << L << "\" y=\"60\" font-size=\"13.5\" fill=\"#5f6368\">" << esc(text.subtitle) << "</text>\n";
 
   // Spike band.
   s << "<rect x=\"" << fmt("%.1f", X(p.spike_begin)) << "\" y=\"" << T << "\" width=\""
     << fmt("%.1f", X(p.spike_end) - X(p.spike_begin)) << "\" height=\"" << (B - T)
     << "\" fill=\"#fce8d5\" opacity=\"0.75\"/>\n";
   s << "<text x=\"" << fmt("%.1f", (X(p.spike_begin) + X(p.spike_end)) / 2) << "\" y=\"" << (T + 16)
-    << "\" font-size=\"12\" text-anchor=\"middle\" fill=\"#b4560a\" font-weight=\"600\">spike " << num(c.spike)
-    << "\u00d7</text>\n";
+    << "\" font-size=\"12\" text-anchor=\"middle\" fill=\"#b4560a\" font-weight=\"600\">spike "
+    << num(c.spike) << "\u00d7</text>\n";
 
   // Grid and axes.
   s << "<g font-size=\"12\" fill=\"#5f6368\">\n";
@@ -517,25 +541,28 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
       << num(v) << "</text>\n";
   for (double t = 0; t <= xa.max + 1e-9; t += xa.step) {
     const double x = X(t);
-    s << "<line x1=\"" << fmt("%.1f", x) << "\" x2=\"" << fmt("%.1f", x) << "\" y1=\"" << B << "\" y2=\"" << (B + 5)
-      << "\" stroke=\"#9aa0a6\"/>\n";
+    s << "<line x1=\"" << fmt("%.1f", x) << "\" x2=\"" << fmt("%.1f", x) << "\" y1=\"" << B << "\" y2=\""
+      << (B + 5) << "\" stroke=\"#9aa0a6\"/>\n";
     s << "<text x=\"" << fmt("%.1f", x) << "\" y=\"" << (B + 20) << "\" text-anchor=\"middle\">" << num(t)
       << "</text>\n";
   }
   s << "</g>\n";
-  s << "<line x1=\"" << L << "\" x2=\"" << R << "\" y1=\"" << B << "\" y2=\"" << B << "\" stroke=\"#9aa0a6\"/>\n";
+  s << "<line x1=\"" << L << "\" x2=\"" << R << "\" y1=\"" << B << "\" y2=\"" << B
+    << "\" stroke=\"#9aa0a6\"/>\n";
   s << "<text x=\"" << ((L + R) / 2) << "\" y=\"" << (B + 44)
     << "\" font-size=\"13\" text-anchor=\"middle\" fill=\"#3c4043\">time since start (s)</text>\n";
   s << "<text transform=\"translate(" << (L - 60) << "," << ((T + B) / 2)
     << ") rotate(-90)\" font-size=\"13\" text-anchor=\"middle\" fill=\"#3c4043\">jobs per second</text>\n";
   s << "<text transform=\"translate(" << (R + 72) << "," << ((T + B) / 2)
-    << ") rotate(90)\" font-size=\"13\" text-anchor=\"middle\" fill=\"" << c_depth << "\">queue depth (jobs)</text>\n";
+    << ") rotate(90)\" font-size=\"13\" text-anchor=\"middle\" fill=\"" << c_depth
+    << "\">queue depth (jobs)</text>\n";
 
   // Queue depth: a soft area on the right axis.
   s << "<path d=\"M" << pt(X(d.depth.t.front()), YD(0));
   for (std::size_t i = 0; i < d.depth.t.size(); ++i) s << " L" << pt(X(d.depth.t[i]), YD(d.depth.value[i]));
-  s << " L" << pt(X(d.depth.t.back()), YD(0)) << " Z\" fill=\"" << c_depth << "\" fill-opacity=\"0.13\" stroke=\""
-    << c_depth << "\" stroke-width=\"1.6\" stroke-linejoin=\"round\"/>\n";
+  s << " L" << pt(X(d.depth.t.back()), YD(0)) << " Z\" fill=\"" << c_depth
+    << "\" fill-opacity=\"0.13\" stroke=\"" << c_depth
+    << "\" stroke-width=\"1.6\" stroke-linejoin=\"round\"/>\n";
 
   auto polyline = [&](const series& sr, const char* color, double width) {
     s << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width
@@ -545,11 +572,11 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   };
   // The rate limit, under the rate lines: dispatch riding on it is the point.
   s << "<line x1=\"" << L << "\" x2=\"" << R << "\" y1=\"" << fmt("%.1f", YR(c.rate)) << "\" y2=\""
-    << fmt("%.1f", YR(c.rate)) << "\" stroke=\"" << c_limit << "\" stroke-width=\"1.5\" stroke-dasharray=\"7 5\"/>\n";
+    << fmt("%.1f", YR(c.rate)) << "\" stroke=\"" << c_limit
+    << "\" stroke-width=\"1.5\" stroke-dasharray=\"7 5\"/>\n";
   // Labelled just after the spike, where the queue depth runs high above the line.
   s << "<text x=\"" << fmt("%.1f", X(p.spike_end) + 12) << "\" y=\"" << fmt("%.1f", YR(c.rate) - 7)
-    << "\" font-size=\"12\" fill=\""
-    << c_limit << "\">rate limit " << num(c.rate) << "/s</text>\n";
+    << "\" font-size=\"12\" fill=\"" << c_limit << "\">rate limit " << num(c.rate) << "/s</text>\n";
 
   polyline(d.arrival_rate, c_arr, 2.0);
   polyline(d.dispatch_rate, c_disp, 2.4);
@@ -558,19 +585,19 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
   const double px = X(d.peak_t), py = YD(d.peak_depth);
   s << "<circle cx=\"" << fmt("%.1f", px) << "\" cy=\"" << fmt("%.1f", py) << "\" r=\"4\" fill=\"" << c_depth
     << "\"/>\n";
-  s << "<text x=\"" << fmt("%.1f", px + 8) << "\" y=\"" << fmt("%.1f", py - 8) << "\" font-size=\"12\" fill=\""
-    << c_depth << "\" font-weight=\"600\">peak backlog " << num(std::round(d.peak_depth)) << " jobs (formula "
-    << num(std::round(p.backlog)) << ")</text>\n";
+  s << "<text x=\"" << fmt("%.1f", px + 8) << "\" y=\"" << fmt("%.1f", py - 8)
+    << "\" font-size=\"12\" fill=\"" << c_depth << "\" font-weight=\"600\">peak backlog "
+    << num(std::round(d.peak_depth)) << " jobs (formula " << num(std::round(p.backlog)) << ")</text>\n";
   if (d.drained_t >= 0) {
     const double dx = X(d.drained_t);
-    s << "<line x1=\"" << fmt("%.1f", dx) << "\" x2=\"" << fmt("%.1f", dx) << "\" y1=\"" << (T + 24) << "\" y2=\"" << B
-      << "\" stroke=\"#3c4043\" stroke-width=\"1\" stroke-dasharray=\"2 3\"/>\n";
+    s << "<line x1=\"" << fmt("%.1f", dx) << "\" x2=\"" << fmt("%.1f", dx) << "\" y1=\"" << (T + 24)
+      << "\" y2=\"" << B << "\" stroke=\"#3c4043\" stroke-width=\"1\" stroke-dasharray=\"2 3\"/>\n";
     const double ly = YR(ya.max * 0.5);
     s << "<text x=\"" << fmt("%.1f", dx - 6) << "\" y=\"" << fmt("%.1f", ly)
       << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">queue empty again</text>\n";
     s << "<text x=\"" << fmt("%.1f", dx - 6) << "\" y=\"" << fmt("%.1f", ly + 15)
-      << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">after " << fmt("%.1f", d.drained_t - p.spike_end)
-      << " s (formula " << fmt("%.1f", p.drain) << " s)</text>\n";
+      << "\" font-size=\"12\" text-anchor=\"end\" fill=\"#3c4043\">after "
+      << fmt("%.1f", d.drained_t - p.spike_end) << " s (formula " << fmt("%.1f", p.drain) << " s)</text>\n";
   }
 
   // Legend, above the plot.
@@ -590,14 +617,15 @@ void write_svg(const std::string& path, const config& c, const plan& p, const ch
       s << "<rect x=\"" << lx << "\" y=\"" << (ly - 6) << "\" width=\"22\" height=\"11\" fill=\"" << it.color
         << "\" fill-opacity=\"0.18\" stroke=\"" << it.color << "\" stroke-width=\"1.4\"/>\n";
     else
-      s << "<line x1=\"" << lx << "\" x2=\"" << (lx + 22) << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
-        << it.color << "\" stroke-width=\"2.4\"" << (it.kind == 2 ? " stroke-dasharray=\"6 4\"" : "") << "/>\n";
-    s << "<text x=\"" << (lx + 28) << "\" y=\"" << (ly + 4) << "\" font-size=\"12.5\" fill=\"#3c4043\">" << it.label
-      << "</text>\n";
+      s << "<line x1=\"" << lx << "\" x2=\"" << (lx + 22) << "\" y1=\"" << ly << "\" y2=\"" << ly
+        << "\" stroke=\"" << it.color << "\" stroke-width=\"2.4\""
+        << (it.kind == 2 ? " stroke-dasharray=\"6 4\"" : "") << "/>\n";
+    s << "<text x=\"" << (lx + 28) << "\" y=\"" << (ly + 4) << "\" font-size=\"12.5\" fill=\"#3c4043\">"
+      << it.label << "</text>\n";
     lx += 28 + 7.0 * static_cast<double>(std::string_view(it.label).size()) + 26;
   }
-  s << "<text x=\"" << L << "\" y=\"" << (H - 14) << "\" font-size=\"11\" fill=\"#80868b\">" << esc(text.footer)
-    << "</text>\n";
+  s << "<text x=\"" << L << "\" y=\"" << (H - 14) << "\" font-size=\"11\" fill=\"#80868b\">"
+    << esc(text.footer) << "</text>\n";
   s << "</svg>\n";
 
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -620,7 +648,8 @@ std::size_t max_in_window(const std::vector<std::int64_t>& sorted_ns, std::int64
 }
 
 // Exact peak of (arrived by t) - (dispatched by t) over all event times.
-std::pair<std::size_t, double> exact_peak(const std::vector<std::int64_t>& arr, const std::vector<std::int64_t>& disp) {
+std::pair<std::size_t, double> exact_peak(const std::vector<std::int64_t>& arr,
+                                          const std::vector<std::int64_t>& disp) {
   std::size_t ia = 0, id = 0, best = 0;
   double when = 0;
   while (ia < arr.size()) {
@@ -648,15 +677,16 @@ int run_demo(const config& c, const std::string& strategy_name) {
   const term tm = detect_terminal(c);
   recorder rec(p.total_jobs);
 
-  std::printf("levee spike demo: a downstream limited to %s jobs/s (burst %zu) behind 3 backends weighted 5:3:2,\n"
-              "strategy %s, %zu worker threads, queue capacity %zu.\n"
-              "Scenario: base load %s jobs/s, a %sx spike (%s jobs/s) for %s s at t = %s s.\n"
-              "Formulas: peak backlog B = (%s - %s) x %s - %zu = %s jobs; drain time B / (r - base) = %.2f s.\n"
-              "Runs for about %.1f s.\n\n",
-              num(c.rate).c_str(), c.burst, strategy_name.c_str(), c.workers, p.capacity, num(c.base).c_str(),
-              num(c.spike).c_str(), num(c.spike * c.rate).c_str(), num(c.spike_seconds).c_str(),
-              num(c.lead_seconds).c_str(), num(c.spike * c.rate).c_str(), num(c.rate).c_str(),
-              num(c.spike_seconds).c_str(), c.burst, num(std::round(p.backlog)).c_str(), p.drain, p.end);
+  std::printf(
+      "levee spike demo: a downstream limited to %s jobs/s (burst %zu) behind 3 backends weighted 5:3:2,\n"
+      "strategy %s, %zu worker threads, queue capacity %zu.\n"
+      "Scenario: base load %s jobs/s, a %sx spike (%s jobs/s) for %s s at t = %s s.\n"
+      "Formulas: peak backlog B = (%s - %s) x %s - %zu = %s jobs; drain time B / (r - base) = %.2f s.\n"
+      "Runs for about %.1f s.\n\n",
+      num(c.rate).c_str(), c.burst, strategy_name.c_str(), c.workers, p.capacity, num(c.base).c_str(),
+      num(c.spike).c_str(), num(c.spike * c.rate).c_str(), num(c.spike_seconds).c_str(),
+      num(c.lead_seconds).c_str(), num(c.spike * c.rate).c_str(), num(c.rate).c_str(),
+      num(c.spike_seconds).c_str(), c.burst, num(std::round(p.backlog)).c_str(), p.drain, p.end);
   std::fflush(stdout);
 
   using leveler_t = levee::leveler<job, Strategy>;
@@ -672,7 +702,9 @@ int run_demo(const config& c, const std::string& strategy_name) {
   };
 
   const auto t0 = steady::now();
-  const auto since = [t0](steady::time_point t) { return std::chrono::duration_cast<nanoseconds>(t - t0).count(); };
+  const auto since = [t0](steady::time_point t) {
+    return std::chrono::duration_cast<nanoseconds>(t - t0).count();
+  };
   const auto spike_end_ns = static_cast<std::int64_t>(p.spike_end * 1e9);
 
   leveler_t lev(o);
@@ -703,7 +735,8 @@ int run_demo(const config& c, const std::string& strategy_name) {
     for (;;) {
       const auto now = steady::now();
       const double t = static_cast<double>(since(now)) * 1e-9;
-      const auto target = std::min<std::uint64_t>(p.total_jobs, static_cast<std::uint64_t>(p.arrivals_at(c, t)));
+      const auto target =
+          std::min<std::uint64_t>(p.total_jobs, static_cast<std::uint64_t>(p.arrivals_at(c, t)));
       const std::int64_t now_ns = since(now);
       for (; next < target; ++next) {
         rec.arrival_ns[next] = now_ns;
@@ -733,9 +766,10 @@ int run_demo(const config& c, const std::string& strategy_name) {
     const levee::metrics_snapshot m = lev.metrics();
     std::optional<double> eta;
     if (m.drain_eta) eta = std::chrono::duration<double>(*m.drain_eta).count();
-    view.update({t, static_cast<double>(submitted), static_cast<double>(started)}, std::max<std::int64_t>(0, depth),
-                peak, eta, m.trailing_behind);
-    const auto done = rec.finished.load(std::memory_order_acquire) + dead_lettered.load(std::memory_order_acquire);
+    view.update({t, static_cast<double>(submitted), static_cast<double>(started)},
+                std::max<std::int64_t>(0, depth), peak, eta, m.trailing_behind);
+    const auto done =
+        rec.finished.load(std::memory_order_acquire) + dead_lettered.load(std::memory_order_acquire);
     if (submitted == p.total_jobs && done >= submitted - rejected) break;
     if (t > give_up) {
       timed_out = true;
@@ -750,9 +784,9 @@ int run_demo(const config& c, const std::string& strategy_name) {
 
   // ---------------------------------------------------------- summary ----
   std::vector<std::int64_t> arrivals = rec.arrival_ns;
-  std::vector<std::int64_t> dispatches(rec.dispatch_ns.begin(),
-                                       rec.dispatch_ns.begin() + static_cast<std::ptrdiff_t>(std::min<std::uint64_t>(
-                                                                     rec.started.load(), rec.dispatch_ns.size())));
+  std::vector<std::int64_t> dispatches(
+      rec.dispatch_ns.begin(), rec.dispatch_ns.begin() + static_cast<std::ptrdiff_t>(std::min<std::uint64_t>(
+                                                             rec.started.load(), rec.dispatch_ns.size())));
   std::sort(dispatches.begin(), dispatches.end());
   const auto submitted = rec.submitted.load();
   const auto rejected = rec.rejected.load();
@@ -760,7 +794,8 @@ int run_demo(const config& c, const std::string& strategy_name) {
   const auto started = rec.started.load();
   const auto dead = dead_lettered.load();
   const auto [peak, peak_t] = exact_peak(arrivals, dispatches);
-  const double drained_t = rec.drained_at_ns.load() >= 0 ? static_cast<double>(rec.drained_at_ns.load()) * 1e-9 : -1.0;
+  const double drained_t =
+      rec.drained_at_ns.load() >= 0 ? static_cast<double>(rec.drained_at_ns.load()) * 1e-9 : -1.0;
   const double drain_time = drained_t >= 0 ? drained_t - p.spike_end : -1.0;
 
   std::vector<check> checks;
@@ -770,39 +805,46 @@ int run_demo(const config& c, const std::string& strategy_name) {
               num(static_cast<double>(accepted)).c_str(), num(static_cast<double>(submitted)).c_str(),
               num(static_cast<double>(rejected)).c_str(), p.capacity);
   add(rejected == 0 && submitted == p.total_jobs, "every submitted job was accepted");
-  std::printf("  dispatched    %s, dead-lettered %s, lost %lld\n", num(static_cast<double>(started)).c_str(),
-              num(static_cast<double>(dead)).c_str(),
-              static_cast<long long>(accepted) - static_cast<long long>(started) - static_cast<long long>(dead));
+  std::printf(
+      "  dispatched    %s, dead-lettered %s, lost %lld\n", num(static_cast<double>(started)).c_str(),
+      num(static_cast<double>(dead)).c_str(),
+      static_cast<long long>(accepted) - static_cast<long long>(started) - static_cast<long long>(dead));
   add(!timed_out && started == accepted && dead == 0, "every accepted job was dispatched, none lost");
-  std::printf("  leveler       metrics(): accepted %s, succeeded %s, dead-lettered %s; queue dwell p50 %.2f s, "
-              "p99 %.2f s, max %.2f s (B / r = %.2f s)\n",
-              num(static_cast<double>(final_metrics.accepted)).c_str(),
-              num(static_cast<double>(final_metrics.succeeded)).c_str(),
-              num(static_cast<double>(final_metrics.dead_lettered.total())).c_str(),
-              std::chrono::duration<double>(final_metrics.dwell_time.p50()).count(),
-              std::chrono::duration<double>(final_metrics.dwell_time.p99()).count(),
-              std::chrono::duration<double>(final_metrics.dwell_time.max()).count(), p.backlog / c.rate);
+  std::printf(
+      "  leveler       metrics(): accepted %s, succeeded %s, dead-lettered %s; queue dwell p50 %.2f s, "
+      "p99 %.2f s, max %.2f s (B / r = %.2f s)\n",
+      num(static_cast<double>(final_metrics.accepted)).c_str(),
+      num(static_cast<double>(final_metrics.succeeded)).c_str(),
+      num(static_cast<double>(final_metrics.dead_lettered.total())).c_str(),
+      std::chrono::duration<double>(final_metrics.dwell_time.p50()).count(),
+      std::chrono::duration<double>(final_metrics.dwell_time.p99()).count(),
+      std::chrono::duration<double>(final_metrics.dwell_time.max()).count(), p.backlog / c.rate);
   add(final_metrics.accepted == accepted && final_metrics.succeeded == started,
       "the leveler's own counters agree with the handlers'");
 
   const double peak_tol = 0.05 * p.backlog + 2.0 * static_cast<double>(c.burst) + 0.005 * c.spike * c.rate;
-  std::printf("  peak depth    %s jobs at t = %.2f s; formula (K*r - r) * S - b = %s  (%+.1f%%, tolerance %s)\n",
-              num(static_cast<double>(peak)).c_str(), peak_t, num(std::round(p.backlog)).c_str(),
-              p.backlog > 0 ? 100.0 * (static_cast<double>(peak) - p.backlog) / p.backlog : 0.0,
-              num(std::round(peak_tol)).c_str());
+  std::printf(
+      "  peak depth    %s jobs at t = %.2f s; formula (K*r - r) * S - b = %s  (%+.1f%%, tolerance %s)\n",
+      num(static_cast<double>(peak)).c_str(), peak_t, num(std::round(p.backlog)).c_str(),
+      p.backlog > 0 ? 100.0 * (static_cast<double>(peak) - p.backlog) / p.backlog : 0.0,
+      num(std::round(peak_tol)).c_str());
   add(std::fabs(static_cast<double>(peak) - p.backlog) <= peak_tol, "peak depth matches the formula");
 
   const double drain_tol = 0.05 * p.drain + 0.15;
   if (drain_time >= 0)
-    std::printf("  drain time    %.2f s after the spike; formula B / (r - base) = %.2f s  (%+.2f s, tolerance %.2f s)\n",
-                drain_time, p.drain, drain_time - p.drain, drain_tol);
+    std::printf(
+        "  drain time    %.2f s after the spike; formula B / (r - base) = %.2f s  (%+.2f s, tolerance %.2f "
+        "s)\n",
+        drain_time, p.drain, drain_time - p.drain, drain_tol);
   else
     std::printf("  drain time    the queue never emptied after the spike\n");
   if (c.smoke && drain_time > p.drain + drain_tol) {
     // The smoke run is CI's: on a shared 2-vCPU machine its workers can be
     // starved for a second, which makes the drain late but breaks no
     // promise. Draining early (faster than the rate) or never still fails.
-    std::printf("  (late drain: reported, not failed, in --smoke; the workers did not get the CPU to keep the rate)\n");
+    std::printf(
+        "  (late drain: reported, not failed, in --smoke; the workers did not get the CPU to keep the "
+        "rate)\n");
     add(true, "drain time not earlier than the formula (smoke: lateness tolerated)");
   } else {
     add(drain_time >= 0 && std::fabs(drain_time - p.drain) <= drain_tol, "drain time matches the formula");
@@ -813,7 +855,8 @@ int run_demo(const config& c, const std::string& strategy_name) {
     const std::size_t m = max_in_window(dispatches, static_cast<std::int64_t>(w * 1e9));
     const double limit = static_cast<double>(c.burst) + c.rate * w;
     std::printf("  max window    %5.0f ms: %s jobs (%s/s); envelope b + r*w = %s\n", w * 1000,
-                num(static_cast<double>(m)).c_str(), num(static_cast<double>(m) / w).c_str(), num(limit).c_str());
+                num(static_cast<double>(m)).c_str(), num(static_cast<double>(m) / w).c_str(),
+                num(limit).c_str());
   }
 
   // The envelope, checked with levee::check_conformance on the times the
@@ -832,9 +875,10 @@ int run_demo(const config& c, const std::string& strategy_name) {
     const auto slack = static_cast<std::uint64_t>(std::ceil(c.rate * 0.002));
     const levee::conformance_report strict = levee::check_conformance(times, r, c.burst);
     const levee::conformance_report jitter = levee::check_conformance(times, r, c.burst + slack);
-    std::printf("  envelope      check_conformance, b = %zu: %zu violations (strict, on handler start times); "
-                "b + %llu (2 ms of timer slack): %zu violations\n",
-                c.burst, strict.violations, static_cast<unsigned long long>(slack), jitter.violations);
+    std::printf(
+        "  envelope      check_conformance, b = %zu: %zu violations (strict, on handler start times); "
+        "b + %llu (2 ms of timer slack): %zu violations\n",
+        c.burst, strict.violations, static_cast<unsigned long long>(slack), jitter.violations);
     if (!strict.ok)
       std::printf("                worst strict window: %zu dispatches in %.3f ms where %llu are allowed\n",
                   strict.worst.count, static_cast<double>(strict.worst.length.count()) / 1e6,
@@ -848,7 +892,8 @@ int run_demo(const config& c, const std::string& strategy_name) {
   const bool weighted = strategy_name == "weighted_round_robin" || strategy_name == "weighted_random";
   bool shares_ok = true;
   for (std::size_t i = 0; i < n_backends; ++i) {
-    const double share = static_cast<double>(rec.per_backend[i].load()) / static_cast<double>(std::max<std::uint64_t>(1, started));
+    const double share = static_cast<double>(rec.per_backend[i].load()) /
+                         static_cast<double>(std::max<std::uint64_t>(1, started));
     const double want = static_cast<double>(backends[i].weight) / wsum;
     std::printf(" %s (w=%u) %.1f%%", backends[i].name, backends[i].weight, 100.0 * share);
     shares_ok = shares_ok && std::fabs(share - want) <= (strategy_name == "weighted_random" ? 0.03 : 0.01);
@@ -859,18 +904,21 @@ int run_demo(const config& c, const std::string& strategy_name) {
   // The chart.
   std::string path = c.out;
   if (path.empty())
-    path = c.smoke ? (std::filesystem::temp_directory_path() / "spike_demo_smoke.svg").string() : "spike_demo.svg";
+    path = c.smoke ? (std::filesystem::temp_directory_path() / "spike_demo_smoke.svg").string()
+                   : "spike_demo.svg";
   chart_data cd = make_chart_data(arrivals, dispatches, p.end, drained_t);
   cd.peak_depth = static_cast<double>(peak);
   cd.peak_t = peak_t;
   chart_text text;
   text.title = "levee: a " + num(c.spike) + "\u00d7 traffic spike, leveled to " + num(c.rate) + " jobs/s";
-  text.subtitle = "peak backlog " + num(static_cast<double>(peak)) + " jobs, drained in " + fmt("%.1f s", drain_time) +
-                  " (formula " + fmt("%.1f s", p.drain) + "), " + num(static_cast<double>(started)) + " of " +
-                  num(static_cast<double>(accepted)) + " jobs dispatched, 0 lost";
-  text.footer = "spike_demo: 3 backends weighted 5:3:2 (" + strategy_name + "), burst " + std::to_string(c.burst) +
-                ", " + std::to_string(c.workers) + " worker threads, base load " + num(c.base) +
-                " jobs/s; measured in real time, rates in " + (cd.duration > 6 ? "100" : "50") + " ms bins";
+  text.subtitle = "peak backlog " + num(static_cast<double>(peak)) + " jobs, drained in " +
+                  fmt("%.1f s", drain_time) + " (formula " + fmt("%.1f s", p.drain) + "), " +
+                  num(static_cast<double>(started)) + " of " + num(static_cast<double>(accepted)) +
+                  " jobs dispatched, 0 lost";
+  text.footer = "spike_demo: 3 backends weighted 5:3:2 (" + strategy_name + "), burst " +
+                std::to_string(c.burst) + ", " + std::to_string(c.workers) + " worker threads, base load " +
+                num(c.base) + " jobs/s; measured in real time, rates in " + (cd.duration > 6 ? "100" : "50") +
+                " ms bins";
   try {
     write_svg(path, c, p, cd, text);
     std::printf("  chart         written to %s\n", std::filesystem::absolute(path).string().c_str());

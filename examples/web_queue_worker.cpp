@@ -10,13 +10,12 @@
 // The program checks what the pattern promises and exits non-zero otherwise:
 // the web thread's replies do not wait for the work, every accepted report is
 // rendered exactly once, and a refused one is never rendered.
-#include <levee/leveler.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <levee/leveler.hpp>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -75,9 +74,12 @@ struct http_reply {
 
 const char* name(status s) {
   switch (s) {
-    case status::queued: return "queued";
-    case status::rendering: return "rendering";
-    case status::done: return "done";
+    case status::queued:
+      return "queued";
+    case status::rendering:
+      return "rendering";
+    case status::done:
+      return "done";
   }
   return "?";
 }
@@ -94,7 +96,7 @@ int main(int argc, char** argv) {
   std::atomic<int> bad_starts{0};
 
   levee::leveler<report_job>::options opts;
-  opts.capacity = 32;                               // at most 32 reports wait
+  opts.capacity = 32;                              // at most 32 reports wait
   opts.overflow = levee::overflow_policy::reject;  // a full queue answers 503 at once
   opts.workers = 2;
   opts.max_concurrency = 2;  // the renderer can take two at a time
@@ -111,10 +113,10 @@ int main(int argc, char** argv) {
     const std::uint64_t id = next_id++;
     store.put(id, status::queued);
     auto r = queue.try_submit(report_job{id, std::move(customer)});
-    if (r.status == levee::submit_status::accepted)
-      return {202, "Location: /reports/" + std::to_string(id)};
+    if (r.status == levee::submit_status::accepted) return {202, "Location: /reports/" + std::to_string(id)};
     store.erase(id);  // never queued: forget it
-    return {503, "Retry-After: 1 (" + std::string(levee::to_string(r.status)) + ": " + r.job->customer + "'s report was not queued)"};
+    return {503, "Retry-After: 1 (" + std::string(levee::to_string(r.status)) + ": " + r.job->customer +
+                     "'s report was not queued)"};
   };
   auto get_report = [&](std::uint64_t id) -> http_reply {
     auto s = store.get(id);
@@ -131,13 +133,15 @@ int main(int argc, char** argv) {
     reply_us.push_back(std::chrono::duration<double, std::micro>(steady::now() - begin).count());
     (reply.code == 202 ? accepted_ids : refused_ids).push_back(next_id - 1);
     if (i < 3 || (reply.code == 503 && refused_ids.size() == 1))
-      std::printf("request %3zu: POST /reports -> %d %s  (%.0f us)\n", i + 1, reply.code, reply.body.c_str(), reply_us.back());
+      std::printf("request %3zu: POST /reports -> %d %s  (%.0f us)\n", i + 1, reply.code, reply.body.c_str(),
+                  reply_us.back());
     // Requests come in bursts of 20, 50 ms apart.
     if (i % 20 == 19) std::this_thread::sleep_for(50ms);
   }
   const double web_seconds = std::chrono::duration<double>(steady::now() - t0).count();
   std::printf("GET /reports/%llu -> %s right after the burst\n",
-              static_cast<unsigned long long>(accepted_ids.back()), get_report(accepted_ids.back()).body.c_str());
+              static_cast<unsigned long long>(accepted_ids.back()),
+              get_report(accepted_ids.back()).body.c_str());
 
   queue.drain();  // wait until every accepted report is rendered
   const double total_seconds = std::chrono::duration<double>(steady::now() - t0).count();
@@ -151,8 +155,8 @@ int main(int argc, char** argv) {
               web_seconds, total_seconds);
   std::printf("reply time: median %.0f us, max %.0f us; one report takes %lld ms to render\n", p50, worst,
               static_cast<long long>(work.count()));
-  std::printf("accepted %zu (202), refused %zu (503), rendered %llu; queue dwell p99 %.1f ms\n", accepted_ids.size(),
-              refused_ids.size(), static_cast<unsigned long long>(rendered.load()),
+  std::printf("accepted %zu (202), refused %zu (503), rendered %llu; queue dwell p99 %.1f ms\n",
+              accepted_ids.size(), refused_ids.size(), static_cast<unsigned long long>(rendered.load()),
               static_cast<double>(m.dwell_time.p99().count()) / 1e6);
 
   bool ok = true;

@@ -1,31 +1,29 @@
 // Tests for levee/adaptive_limit.hpp: convergence against a simulated
 // downstream on levee::manual_clock (no sleeping), bounds, thread safety.
-#include <levee/adaptive_limit.hpp>
-#include <levee/clock.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <levee/adaptive_limit.hpp>
+#include <levee/clock.hpp>
 #include <queue>
 #include <random>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
 // Sanitizer builds skip the largest capacity (its run is 640k samples).
-const std::vector<std::size_t> capacities = LEVEE_TEST_SANITIZED ? std::vector<std::size_t>{20, 100}
-                                                            : std::vector<std::size_t>{20, 100, 400};
+const std::vector<std::size_t> capacities =
+    LEVEE_TEST_SANITIZED ? std::vector<std::size_t>{20, 100} : std::vector<std::size_t>{20, 100, 400};
 
 // A downstream with `capacity` servers and base latency `base`: a request
 // that starts while k requests are in flight (itself included) takes
@@ -56,7 +54,8 @@ sim_result simulate(Limit& al, levee::manual_clock clk, std::function<double(std
       ++in_flight;
       const double cap = capacity_at(i);
       const double factor = std::max(1.0, static_cast<double>(in_flight) / cap) * noise(rng);
-      const auto lat = std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(base.count()) * factor));
+      const auto lat =
+          std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(base.count()) * factor));
       running.push(job{clk.now() + lat, lat});
     }
   };
@@ -80,14 +79,16 @@ void check_converges(std::size_t capacity, std::size_t initial) {
   // starting far above capacity takes longer: the policies must first find
   // the unqueued latency (see the probe in adaptive_limit.hpp)
   const std::size_t samples = (initial > capacity ? 1500 : 400) * capacity + 40'000;
-  const auto res = simulate(al, clk, [&](std::size_t) { return static_cast<double>(capacity); }, samples);
+  const auto res = simulate(
+      al, clk, [&](std::size_t) { return static_cast<double>(capacity); }, samples);
   // after convergence (the first two thirds), every value stays within 20% of capacity
   std::size_t lo = SIZE_MAX, hi = 0;
   double sum = 0;
   std::size_t converged_at = 0;
   for (std::size_t i = 0; i < samples; ++i) {
     const auto v = static_cast<double>(res.limits[i]);
-    if (v < 0.8 * static_cast<double>(capacity) || v > 1.2 * static_cast<double>(capacity)) converged_at = i + 1;
+    if (v < 0.8 * static_cast<double>(capacity) || v > 1.2 * static_cast<double>(capacity))
+      converged_at = i + 1;
   }
   for (std::size_t i = 2 * samples / 3; i < samples; ++i) {
     lo = std::min(lo, res.limits[i]);
@@ -95,8 +96,9 @@ void check_converges(std::size_t capacity, std::size_t initial) {
     sum += static_cast<double>(res.limits[i]);
   }
   const double mean = sum / static_cast<double>(samples - 2 * samples / 3);
-  MESSAGE("capacity " << capacity << " initial " << initial << ": last third in [" << lo << ", " << hi << "], mean "
-                      << mean << ", within 20% for good after sample " << converged_at << " of " << samples);
+  MESSAGE("capacity " << capacity << " initial " << initial << ": last third in [" << lo << ", " << hi
+                      << "], mean " << mean << ", within 20% for good after sample " << converged_at << " of "
+                      << samples);
   CHECK(static_cast<double>(lo) >= 0.8 * static_cast<double>(capacity));
   CHECK(static_cast<double>(hi) <= 1.2 * static_cast<double>(capacity));
   CHECK(clk.now() > levee::manual_clock::time_point{});  // virtual time passed, no real sleeping
@@ -124,7 +126,8 @@ TEST_CASE("both policies follow a downstream whose capacity drops, then recovers
     const auto res = simulate(al, clk, cap, n);
     auto window_ok = [&](std::size_t from, std::size_t to, double c) {
       for (std::size_t i = from; i < to; ++i)
-        if (static_cast<double>(res.limits[i]) < 0.8 * c || static_cast<double>(res.limits[i]) > 1.2 * c) return false;
+        if (static_cast<double>(res.limits[i]) < 0.8 * c || static_cast<double>(res.limits[i]) > 1.2 * c)
+          return false;
       return true;
     };
     CHECK(window_ok(n / 3 - n / 12, n / 3, 160));
@@ -166,7 +169,8 @@ TEST_CASE("bad options throw std::invalid_argument") {
   CHECK_THROWS_AS(levee::aimd({.backoff = 1.0}), std::invalid_argument);
   CHECK_THROWS_AS(levee::aimd({.backoff = 0.9, .increase = 0}), std::invalid_argument);
   CHECK_THROWS_AS(levee::gradient({.tolerance = 0.5}), std::invalid_argument);
-  CHECK_THROWS_AS(levee::gradient({.tolerance = 1.1, .queue_ratio = 0, .queue_min = 0}), std::invalid_argument);
+  CHECK_THROWS_AS(levee::gradient({.tolerance = 1.1, .queue_ratio = 0, .queue_min = 0}),
+                  std::invalid_argument);
 }
 
 TEST_CASE("on_sample is thread-safe with several reporting workers") {

@@ -2,17 +2,16 @@
 // through the facade, and concurrent picks during membership changes.
 #include <doctest/doctest.h>
 
-#include "test_support.hpp"
-
 #include <atomic>
 #include <chrono>
+#include <levee/balance.hpp>
 #include <map>
 #include <memory>
 #include <set>
 #include <thread>
 #include <vector>
 
-#include <levee/balance.hpp>
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -202,9 +201,11 @@ TEST_CASE("balancer: a held lease never blocks its own backend's max_in_flight o
 TEST_CASE("balancer: the payload lives as long as the lease") {
   auto handler = std::make_shared<int>(42);
   std::weak_ptr<int> watch = handler;
-  std::optional<levee::balancer<levee::round_robin, std::chrono::steady_clock, std::shared_ptr<int>>::lease> l;
+  std::optional<levee::balancer<levee::round_robin, std::chrono::steady_clock, std::shared_ptr<int>>::lease>
+      l;
   {
-    levee::balancer<levee::round_robin, std::chrono::steady_clock, std::shared_ptr<int>> b(levee::round_robin(1));
+    levee::balancer<levee::round_robin, std::chrono::steady_clock, std::shared_ptr<int>> b(
+        levee::round_robin(1));
     b.add_backend(5, std::move(handler));
     l = b.try_pick({});
     REQUIRE(l);
@@ -346,7 +347,8 @@ TEST_CASE("balancer: failover tiers") {
 TEST_CASE("balancer: caller-supplied rng makes picks reproducible") {
   auto run = [] {
     levee::balancer<levee::power_of_two> b(levee::power_of_two(2));
-    for (levee::backend_id id = 1; id <= 16; ++id) b.add_backend(id, {}, {.weight = static_cast<std::uint32_t>(id)});
+    for (levee::backend_id id = 1; id <= 16; ++id)
+      b.add_backend(id, {}, {.weight = static_cast<std::uint32_t>(id)});
     levee::rng r(1234);
     std::vector<levee::backend_id> out;
     std::vector<decltype(b)::lease> held;
@@ -389,8 +391,10 @@ TEST_CASE("balancer: 8 threads pick while the set changes 10,000 times") {
         }
         if (l->payload().id != l->id() || l->payload().check != l->id() * 7919) torn.fetch_add(1);
         ++n;
-        if (n % 3 == 0) l->finish(n % 5 == 0 ? levee::outcome::failure : levee::outcome::success, 1us);
-        else if (n % 3 == 1) held.push_back(std::move(*l));  // finished or dropped later
+        if (n % 3 == 0)
+          l->finish(n % 5 == 0 ? levee::outcome::failure : levee::outcome::success, 1us);
+        else if (n % 3 == 1)
+          held.push_back(std::move(*l));  // finished or dropped later
         if (held.size() > 4) held.erase(held.begin());
         // 9 busy threads on a small CI machine: let the changing thread run.
         if (n % 256 == 0) std::this_thread::yield();
@@ -426,7 +430,8 @@ TEST_CASE("balancer: 8 threads pick while the set changes 10,000 times") {
   CHECK(torn.load() == 0);
   CHECK(picks.load() > 0);
   for (const auto& s : b.stats()) CHECK(s.in_flight == 0);
-  MESSAGE("picks: " << picks.load() << ", empty picks: " << empty.load() << ", sanitized build: " << sanitized);
+  MESSAGE("picks: " << picks.load() << ", empty picks: " << empty.load()
+                    << ", sanitized build: " << sanitized);
 }
 
 TEST_CASE("balancer: batches apply all-or-nothing as one snapshot") {
@@ -435,7 +440,12 @@ TEST_CASE("balancer: batches apply all-or-nothing as one snapshot") {
   auto p = std::make_shared<int>(1);
   std::weak_ptr<int> watch = p;
   bal_t::batch ok;
-  ok.add(1, p).add(2, std::make_shared<int>(2), {.weight = 3}).add(3).set_weight(1, 5).set_healthy(3, false).remove(2);
+  ok.add(1, p)
+      .add(2, std::make_shared<int>(2), {.weight = 3})
+      .add(3)
+      .set_weight(1, 5)
+      .set_healthy(3, false)
+      .remove(2);
   p.reset();
   b.apply(std::move(ok));
   auto st = b.stats();
@@ -474,7 +484,8 @@ TEST_CASE("balancer: bounded_load keeps its bound through the facade (total in-f
     for (const auto& s : b.stats()) CHECK(s.in_flight <= (5 * total + 39) / 40);  // ceil(1.25 x total / 10)
   }
   // Finishing and dropping leases returns the total to zero.
-  for (std::size_t i = 0; i < held.size(); i += 2) held[i].finish(levee::outcome::success, std::chrono::microseconds(10));
+  for (std::size_t i = 0; i < held.size(); i += 2)
+    held[i].finish(levee::outcome::success, std::chrono::microseconds(10));
   held.clear();
   for (const auto& s : b.stats()) CHECK(s.in_flight == 0);
   auto l = b.try_pick({.key = 42});

@@ -3,17 +3,16 @@
 // snapshot_cell reclamation, platform-stable hashing and RNG.
 #include <doctest/doctest.h>
 
-#include "test_support.hpp"
-
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <levee/balance.hpp>
 #include <map>
 #include <optional>
 #include <thread>
 #include <vector>
 
-#include <levee/balance.hpp>
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -212,7 +211,8 @@ TEST_CASE("snapshot_cell: more reader threads than owned slots, and threads that
 }
 
 TEST_CASE("health: k consecutive failures eject for base x attempts (capped); a success resets the streak") {
-  harness<levee::health<levee::round_robin>> h(levee::health<levee::round_robin>(levee::round_robin(1), ejecting(3)));
+  harness<levee::health<levee::round_robin>> h(
+      levee::health<levee::round_robin>(levee::round_robin(1), ejecting(3)));
   h.set.add(1);
   h.set.add(2);
   h.rebuild();
@@ -261,12 +261,14 @@ TEST_CASE("health: the ejected share is capped (at least one backend can always 
   harness<levee::health<levee::random>> one(levee::health<levee::random>(levee::random{}, ejecting(1, 0.1)));
   for (levee::backend_id id = 0; id < 3; ++id) one.set.add(id);
   one.rebuild();
-  for (levee::backend_id id = 0; id < 3; ++id) one.strategy.detector()->record(one.set.load(id), levee::outcome::failure, 0);
+  for (levee::backend_id id = 0; id < 3; ++id)
+    one.strategy.detector()->record(one.set.load(id), levee::outcome::failure, 0);
   CHECK(one.strategy.detector()->ejected() == 1);
 }
 
 TEST_CASE("health: panic routes over every backend when the healthy share drops below p") {
-  harness<levee::health<levee::round_robin>> h(levee::health<levee::round_robin>(levee::round_robin(3), ejecting(1, 1.0, 0.5)));
+  harness<levee::health<levee::round_robin>> h(
+      levee::health<levee::round_robin>(levee::round_robin(3), ejecting(1, 1.0, 0.5)));
   for (levee::backend_id id = 0; id < 10; ++id) h.set.add(id);
   h.rebuild();
   auto& det = *h.strategy.detector();
@@ -324,7 +326,8 @@ TEST_CASE("failover: the backup gets nothing while a primary is eligible, everyt
   CHECK(c.size() == 4);
   for (levee::backend_id id = 1; id <= 4; ++id) CHECK(c[id] == 100);
   // Without panic, nothing is eligible.
-  harness<S> off(S(levee::health<levee::round_robin>(levee::round_robin(5), levee::health_options::disabled())));
+  harness<S> off(
+      S(levee::health<levee::round_robin>(levee::round_robin(5), levee::health_options::disabled())));
   off.set.add(1, {.weight = 1, .tier = 0});
   off.set.add(2, {.weight = 1, .tier = 1});
   off.set.set_healthy(1, false);
@@ -355,7 +358,8 @@ TEST_CASE("slow_start: a new backend's share follows the ramp under manual time"
   }
 }
 
-TEST_CASE("slow_start: cumulative share over the window matches the integral of effective weights within 5%") {
+TEST_CASE(
+    "slow_start: cumulative share over the window matches the integral of effective weights within 5%") {
   using S = levee::slow_start<levee::weighted_random>;
   harness<S> h(S(levee::weighted_random{}, {.window = 10s, .aggression = 1.0, .min_weight = 0.1}));
   for (levee::backend_id id = 0; id < 4; ++id) h.set.add(id, {}, 0);
@@ -373,7 +377,9 @@ TEST_CASE("slow_start: cumulative share over the window matches the integral of 
   CHECK(std::abs(got - want) / want < 0.05);
 }
 
-TEST_CASE("slow_start: a set that starts together is not slowed; recovery from ejection ramps; a ramp never fails a pick") {
+TEST_CASE(
+    "slow_start: a set that starts together is not slowed; recovery from ejection ramps; a ramp never fails "
+    "a pick") {
   using S = levee::slow_start<levee::round_robin>;
   harness<S> h(S(levee::round_robin(1), {.window = 10s, .aggression = 1.0, .min_weight = 0.1}));
   h.set.add(1, {}, 5 * sec);
@@ -408,10 +414,12 @@ TEST_CASE("balancer: slow start through health_options under manual_clock") {
   levee::rng r(8);
   int two = 0;
   const int picks = 30000;
-  for (int i = 0; i < picks; ++i) two += b.try_pick({.key = std::nullopt, .exclude = {}, .random = &r})->id() == 2;
+  for (int i = 0; i < picks; ++i)
+    two += b.try_pick({.key = std::nullopt, .exclude = {}, .random = &r})->id() == 2;
   CHECK(std::abs(two / double(picks) - 1.0 / 3) < 0.01);
   clk.advance(5s);
   two = 0;
-  for (int i = 0; i < picks; ++i) two += b.try_pick({.key = std::nullopt, .exclude = {}, .random = &r})->id() == 2;
+  for (int i = 0; i < picks; ++i)
+    two += b.try_pick({.key = std::nullopt, .exclude = {}, .random = &r})->id() == 2;
   CHECK(std::abs(two / double(picks) - 0.5) < 0.01);
 }

@@ -2,16 +2,15 @@
 // ring_hash, maglev, rendezvous, jump_hash and bounded_load. Seeded.
 #include <doctest/doctest.h>
 
-#include "test_support.hpp"
-
 #include <algorithm>
 #include <cmath>
+#include <levee/balance.hpp>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <levee/balance.hpp>
+#include "test_support.hpp"
 
 namespace {
 
@@ -154,8 +153,10 @@ TEST_CASE("ring_hash: an ineligible owner passes its keys clockwise, nothing els
   const levee::backend_id tried[] = {5};
   for (std::size_t k = 0; k < before.size(); ++k) {
     const auto now = h.pick(k, tried);
-    if (before[k] != 5) REQUIRE(now == before[k]);
-    else REQUIRE(now != 5);
+    if (before[k] != 5)
+      REQUIRE(now == before[k]);
+    else
+      REQUIRE(now != 5);
   }
 }
 
@@ -177,8 +178,10 @@ TEST_CASE("ring_hash: the slot fast path agrees with a search over the sorted po
     CHECK_MESSAGE(disagree == 0, weights.size() << " backends, " << t.hashes.size() << " points");
     return t.slots.size();
   };
-  const std::size_t nk = sanitized ? 50000 : 1000000;  // ~1.8% of keys in 4+ point buckets, ~45 equal splits at 10^6
-  CHECK(check({1}, {.vnodes_per_weight = 1}, 1000) == 2);  // one point, two buckets (the minimum): every key wraps to it
+  const std::size_t nk =
+      sanitized ? 50000 : 1000000;  // ~1.8% of keys in 4+ point buckets, ~45 equal splits at 10^6
+  CHECK(check({1}, {.vnodes_per_weight = 1}, 1000) ==
+        2);  // one point, two buckets (the minimum): every key wraps to it
   CHECK(check({1, 1}, {.vnodes_per_weight = 1}, 1000) == 2);
   CHECK(check({1, 2, 3}, {.vnodes_per_weight = 7}, 20000) > 0);
   std::vector<std::uint32_t> w64;
@@ -263,8 +266,10 @@ TEST_CASE("maglev: deterministic tables, weighted shares, explicit sizes") {
   for (std::uint64_t k = 0; k < 5000; ++k) {
     const auto base = h.pick(k);
     const auto alt = h.pick(k, tried);
-    if (base != 3) REQUIRE(alt == base);
-    else REQUIRE(alt != 3);
+    if (base != 3)
+      REQUIRE(alt == base);
+    else
+      REQUIRE(alt != 3);
   }
 }
 
@@ -332,8 +337,9 @@ TEST_CASE("jump_hash: pick's O(1) JumpBackHash is consistent and uniform") {
   const std::size_t nk = sanitized ? 20000 : 100000;
   std::vector<std::uint64_t> hs(nk);
   for (auto& h : hs) h = r();
-  for (std::uint32_t n : {1u, 2u, 3u, 4u, 5u, 7u, 8u, 9u, 10u, 31u, 32u, 33u, 63u, 64u, 65u, 100u, 127u, 128u, 129u, 1000u,
-                          1023u, 1024u, 1025u, 65535u, 65536u, 65537u, 1000000u}) {
+  for (std::uint32_t n :
+       {1u,  2u,   3u,   4u,   5u,   7u,    8u,    9u,    10u,   31u,    32u,    33u,    63u,     64u,
+        65u, 100u, 127u, 128u, 129u, 1000u, 1023u, 1024u, 1025u, 65535u, 65536u, 65537u, 1000000u}) {
     std::size_t moved = 0;
     for (const auto h : hs) {
       const auto a = levee::jump_hash::jump_back(h, n), b = levee::jump_hash::jump_back(h, n + 1);
@@ -341,7 +347,8 @@ TEST_CASE("jump_hash: pick's O(1) JumpBackHash is consistent and uniform") {
       REQUIRE((b == a || b == n));
       moved += a != b;
     }
-    CHECK_MESSAGE(std::abs(double(moved) / double(nk) - 1.0 / (n + 1)) < 5.0 * std::sqrt(1.0 / (n + 1) / double(nk)) + 1e-4,
+    CHECK_MESSAGE(std::abs(double(moved) / double(nk) - 1.0 / (n + 1)) <
+                      5.0 * std::sqrt(1.0 / (n + 1) / double(nk)) + 1e-4,
                   "n = " << n << " moved " << moved);
   }
   // Uniform over [0, n) (chi-square, p > 0.001), also where n is just above
@@ -438,7 +445,9 @@ TEST_CASE("bounded_load: never exceeds ceil(c x average), also under Zipf keys")
   check_bounded(levee::power_of_two{}, "power_of_two", weighted);
 }
 
-TEST_CASE("bounded_load: the plain ring is skewed by Zipf keys, the bounded one is not; uniform keys keep affinity") {
+TEST_CASE(
+    "bounded_load: the plain ring is skewed by Zipf keys, the bounded one is not; uniform keys keep "
+    "affinity") {
   levee::backend_set set;
   for (levee::backend_id id = 0; id < 50; ++id) set.add(id);
   const auto snap = set.snapshot();

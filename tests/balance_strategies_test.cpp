@@ -3,17 +3,16 @@
 // power_of_two, peak_ewma. All seeded: every run sees the same numbers.
 #include <doctest/doctest.h>
 
-#include "test_support.hpp"
-
 #include <algorithm>
 #include <cmath>
+#include <levee/balance.hpp>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
-#include <levee/balance.hpp>
+#include "test_support.hpp"
 
 namespace {
 
@@ -67,7 +66,8 @@ double chi2_critical_001(double df) {
 
 double chi2(const std::vector<double>& observed, const std::vector<double>& expected) {
   double x = 0;
-  for (std::size_t i = 0; i < observed.size(); ++i) x += (observed[i] - expected[i]) * (observed[i] - expected[i]) / expected[i];
+  for (std::size_t i = 0; i < observed.size(); ++i)
+    x += (observed[i] - expected[i]) * (observed[i] - expected[i]) / expected[i];
   return x;
 }
 
@@ -158,7 +158,8 @@ TEST_CASE("weighted_round_robin: random start is a rotation; every period has ex
     harness<levee::weighted_round_robin> h(levee::weighted_round_robin::from_start());
     std::vector<std::uint32_t> w(n);
     std::uint64_t total = 0;
-    for (std::size_t i = 0; i < n; ++i) total += w[i] = 1 + static_cast<std::uint32_t>(r.below(100)), h.add(i, w[i]);
+    for (std::size_t i = 0; i < n; ++i)
+      total += w[i] = 1 + static_cast<std::uint32_t>(r.below(100)), h.add(i, w[i]);
     h.rebuild();
     std::uint64_t g = 0;
     for (auto x : w) g = std::gcd(g, std::uint64_t{x});
@@ -309,7 +310,8 @@ TEST_CASE("power_of_two: idle shares follow weights, candidates are distinct and
   for (int i = 0; i < picks; ++i) c[*h.pick()] += 1;
   // Idle: every pair ties on in_flight / weight and the first drawn wins, so
   // P(i) = P(i drawn first) = weight share.
-  for (std::size_t i = 0; i < 3; ++i) CHECK(std::abs(c[i] / picks - std::vector<double>{0.1, 0.2, 0.7}[i]) < 0.01);
+  for (std::size_t i = 0; i < 3; ++i)
+    CHECK(std::abs(c[i] / picks - std::vector<double>{0.1, 0.2, 0.7}[i]) < 0.01);
   // Under load, the heavier backend takes more concurrency, but not all of it.
   harness<levee::power_of_two> g;
   g.add(0, 1);
@@ -354,7 +356,8 @@ TEST_CASE("peak_ewma: decay oracle (tower default_decay) and peak capture") {
 TEST_CASE("peak_ewma: a 10x slower backend gets well under a tenth of its fair share") {
   // Closed-loop simulation on a manual time line: 10 backends, one 10x slower;
   // concurrency 20; each job's latency is the backend's service time.
-  harness<levee::peak_ewma> h(levee::peak_ewma({.decay = std::chrono::seconds(1), .default_latency = std::chrono::milliseconds(1)}));
+  harness<levee::peak_ewma> h(
+      levee::peak_ewma({.decay = std::chrono::seconds(1), .default_latency = std::chrono::milliseconds(1)}));
   for (levee::backend_id id = 0; id < 10; ++id) h.add(id);
   h.rebuild();
   auto service = [](levee::backend_id id) -> std::int64_t { return id == 9 ? 100'000'000 : 10'000'000; };
@@ -399,7 +402,8 @@ template <class S>
 void check_marks_honoured(S proto, const char* name) {
   for (int variant = 0; variant < 3; ++variant) {
     levee::backend_set set;
-    for (levee::backend_id id = 0; id < 16; ++id) set.add(id, {.weight = 1 + static_cast<std::uint32_t>(id % 3)});
+    for (levee::backend_id id = 0; id < 16; ++id)
+      set.add(id, {.weight = 1 + static_cast<std::uint32_t>(id % 3)});
     if (variant == 0) set.set_healthy(3, false);
     if (variant >= 1) {
       set.set_max_in_flight(3, 2);
@@ -434,7 +438,8 @@ TEST_CASE("fast paths: unhealthy and full backends are never picked (every O(1) 
   check_marks_honoured(levee::ring_hash{}, "ring_hash");
   check_marks_honoured(levee::maglev{}, "maglev");
   check_marks_honoured(levee::jump_hash{}, "jump_hash");
-  check_marks_honoured(levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25), "bounded_load<ring_hash>");
+  check_marks_honoured(levee::bounded_load<levee::ring_hash>(levee::ring_hash{}, 1.25),
+                       "bounded_load<ring_hash>");
   // And the same strategies on an all-open snapshot do pick backend 3.
   levee::backend_set set;
   for (levee::backend_id id = 0; id < 16; ++id) set.add(id);

@@ -1,10 +1,9 @@
 // Tests for levee/clock.hpp: the clock concepts, manual_clock, sleeper.
-#include <levee/clock.hpp>
-
 #include <doctest/doctest.h>
 
 #include <atomic>
 #include <chrono>
+#include <levee/clock.hpp>
 #include <stdexcept>
 #include <thread>
 #include <vector>

@@ -1,17 +1,15 @@
 // Tests for levee/concurrency_limiter.hpp.
-#include <levee/concurrency_limiter.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <atomic>
 #include <chrono>
+#include <levee/concurrency_limiter.hpp>
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 using levee::concurrency_limiter;

@@ -1,13 +1,12 @@
 // Tests for levee/conformance.hpp: the envelope checker itself, against
 // hand-made sequences and a brute-force reference.
-#include <levee/conformance.hpp>
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <levee/conformance.hpp>
 #include <random>
 #include <span>
 #include <vector>
@@ -21,7 +20,8 @@ namespace {
 tp at(std::int64_t ns) { return tp(std::chrono::nanoseconds(ns)); }
 
 // O(n^2) reference over closed windows [t_i, t_j] of the sorted times.
-std::size_t brute_violations(std::vector<std::int64_t> t, rate r, std::uint64_t b, std::int64_t* worst_excess) {
+std::size_t brute_violations(std::vector<std::int64_t> t, rate r, std::uint64_t b,
+                             std::int64_t* worst_excess) {
   std::sort(t.begin(), t.end());
   std::size_t bad = 0;
   *worst_excess = 0;
@@ -91,7 +91,8 @@ TEST_CASE("exact rational arithmetic: a rate that is not a whole number of ns") 
   const rate r = rate::per_second(3);  // T = 333333333.33 ns
   // 1 + floor(3 * w / 1 s): [0, 666666667 ns] allows 1 + 2 = 3, [0, 666666666 ns] only 1 + 1 = 2
   CHECK(levee::check_conformance(std::vector<tp>{at(0), at(0), at(666666667)}, rate::per_second(3), 2).ok);
-  CHECK_FALSE(levee::check_conformance(std::vector<tp>{at(0), at(0), at(666666666)}, rate::per_second(3), 1).ok);
+  CHECK_FALSE(
+      levee::check_conformance(std::vector<tp>{at(0), at(0), at(666666666)}, rate::per_second(3), 1).ok);
   CHECK(levee::check_conformance(std::vector<tp>{at(0), at(333333334), at(666666668)}, r, 1).ok);
   // [333333334, 666666667] is 1 ns short of one interval (333333333.33 ns)
   CHECK_FALSE(levee::check_conformance(std::vector<tp>{at(0), at(333333334), at(666666667)}, r, 1).ok);
@@ -103,7 +104,8 @@ TEST_CASE("exact rational arithmetic: a rate that is not a whole number of ns") 
 TEST_CASE("matches a brute-force reference on random sequences") {
   std::mt19937_64 rng(2024);
   for (int round = 0; round < 300; ++round) {
-    const rate r = rate::per(1 + rng() % 5, std::chrono::nanoseconds(1 + static_cast<std::int64_t>(rng() % 50)));
+    const rate r =
+        rate::per(1 + rng() % 5, std::chrono::nanoseconds(1 + static_cast<std::int64_t>(rng() % 50)));
     const std::uint64_t b = 1 + rng() % 4;
     std::vector<std::int64_t> ns;
     const std::size_t n = 1 + rng() % 40;

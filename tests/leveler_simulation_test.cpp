@@ -12,24 +12,22 @@
 //   drain time    B / (r - base), B the backlog measured when the spike ends
 //   envelope      every closed window [t, t+w] of dispatch times holds
 //                 <= b + floor(r*w) dispatches (levee::check_conformance)
-#include <levee/conformance.hpp>
-#include <levee/leveler.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <levee/conformance.hpp>
+#include <levee/leveler.hpp>
 #include <map>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <vector>
 
-using namespace std::chrono_literals;
+#include "test_support.hpp"
 
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -46,8 +44,8 @@ tp at(std::chrono::nanoseconds d) { return tp(d); }
 
 // Arrival times of the scenario: base load on its own grid, the spike on
 // a finer one, base load again from the end of the spike.
-std::vector<tp> scenario(double base, double spike_rate, std::chrono::nanoseconds lead, std::chrono::nanoseconds spike,
-                         std::chrono::nanoseconds tail) {
+std::vector<tp> scenario(double base, double spike_rate, std::chrono::nanoseconds lead,
+                         std::chrono::nanoseconds spike, std::chrono::nanoseconds tail) {
   std::vector<tp> out;
   const auto gb = std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 / base));
   const auto gs = std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 / spike_rate));
@@ -142,7 +140,8 @@ TEST_CASE("spike: nothing lost, peak backlog, envelope, drain time (b = 10)") {
   const double B = static_cast<double>(res.backlog_at_spike_end);
   const double expected_s = B / (r - base);
   const double measured_s = std::chrono::duration<double>(res.drained_at->time_since_epoch() - 6s).count();
-  MESSAGE("backlog at spike end " << B << ", drain " << measured_s << " s, formula B/(r-base) = " << expected_s << " s");
+  MESSAGE("backlog at spike end " << B << ", drain " << measured_s
+                                  << " s, formula B/(r-base) = " << expected_s << " s");
   CHECK(std::abs(measured_s - expected_s) <= 1.0 / r + 1e-12);
 
   // metrics during the spike: arrivals outpace the drain rate
@@ -159,7 +158,8 @@ TEST_CASE("spike: nothing lost, peak backlog, envelope, drain time (b = 10)") {
 
 TEST_CASE("spike: the peak-backlog formula holds for several bursts") {
   // (one burst under sanitizers, to keep the run short)
-  const std::vector<std::uint64_t> bursts = LEVEE_TEST_SANITIZED ? std::vector<std::uint64_t>{50} : std::vector<std::uint64_t>{1, 50, 400};
+  const std::vector<std::uint64_t> bursts =
+      LEVEE_TEST_SANITIZED ? std::vector<std::uint64_t>{50} : std::vector<std::uint64_t>{1, 50, 400};
   for (std::uint64_t b : bursts) {
     CAPTURE(b);
     const auto res = run_spike(b, 20'000);
@@ -278,7 +278,9 @@ struct ledger {
 
 }  // namespace
 
-TEST_CASE("every accepted job ends in exactly one final state: failures, retries, deadlines, drops, handler throws") {
+TEST_CASE(
+    "every accepted job ends in exactly one final state: failures, retries, deadlines, drops, handler "
+    "throws") {
   levee::manual_clock clk;
   lev_t::options o;
   o.workers = 0;
@@ -308,7 +310,8 @@ TEST_CASE("every accepted job ends in exactly one final state: failures, retries
   });
   lev.add_backend([&](job& j) -> levee::handler_result {
     ++attempts[j.id];
-    if (j.id % 7 == 0 || j.id % 5 == 0) return levee::handler_result::failure(std::runtime_error("backend 2 says no"));
+    if (j.id % 7 == 0 || j.id % 5 == 0)
+      return levee::handler_result::failure(std::runtime_error("backend 2 says no"));
     led.final_state(j.id);
     return levee::handler_result::success();
   });
@@ -416,7 +419,8 @@ TEST_CASE("retry budget: retries beyond min_retries_per_second + ratio of traffi
   o.retry.max_backoff = 0ns;
   o.retry.budget_ratio = 0.1;
   o.retry.min_retries_per_second = 1;  // 10 per 10 s window
-  lev_t lev(o, [](job&) { throw std::runtime_error("always"); }, clk);
+  lev_t lev(
+      o, [](job&) { throw std::runtime_error("always"); }, clk);
   for (std::uint64_t i = 0; i < 100; ++i) REQUIRE(lev.try_submit(job{i, clk.now(), std::nullopt}));
   lev.drain();
   const auto m = lev.metrics();
@@ -482,7 +486,8 @@ TEST_CASE("catch-up batch: a late wake dispatches at most b at once and the long
   o.rate = levee::rate::per_second(1000);
   o.burst = 8;
   std::vector<tp> d;
-  lev_t lev(o, [&](job&) { d.push_back(clk.now()); }, clk);
+  lev_t lev(
+      o, [&](job&) { d.push_back(clk.now()); }, clk);
   for (std::uint64_t i = 0; i < 5000; ++i) REQUIRE(lev.try_submit(job{i, clk.now(), std::nullopt}));
   std::size_t max_batch = 0;
   for (int wake = 0; wake < 500; ++wake) {

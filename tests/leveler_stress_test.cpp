@@ -3,23 +3,21 @@
 // under load. Each asserts that every accepted job reaches exactly one final
 // state and every rejected job none. Sized to run in a few seconds under
 // TSan and ASan.
-#include <levee/leveler.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <levee/leveler.hpp>
 #include <memory>
 #include <random>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
-using namespace std::chrono_literals;
+#include "test_support.hpp"
 
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -34,7 +32,8 @@ struct job {
 // Per job: how it was admitted and how many final states it reached.
 struct ledger {
   std::unique_ptr<std::atomic<int>[]> finals = std::make_unique<std::atomic<int>[]>(total);
-  std::unique_ptr<std::atomic<int>[]> admitted = std::make_unique<std::atomic<int>[]>(total);  // 1 accepted, -1 rejected
+  std::unique_ptr<std::atomic<int>[]> admitted =
+      std::make_unique<std::atomic<int>[]>(total);  // 1 accepted, -1 rejected
   std::atomic<std::uint64_t> accepted{0}, rejected{0}, successes{0}, dead{0};
 
   void final_state(std::uint32_t id) { finals[id].fetch_add(1, std::memory_order_relaxed); }
@@ -91,7 +90,8 @@ void add_flaky_backends(lev_t& lev, ledger& led, std::initializer_list<int> fail
   int i = 0;
   for (int pct : fail_pct) {
     const int me = i++;
-    lev.add_backend([&led, pct, me, n = std::make_shared<std::atomic<std::uint64_t>>(0)](job& j) -> levee::handler_result {
+    lev.add_backend([&led, pct, me,
+                     n = std::make_shared<std::atomic<std::uint64_t>>(0)](job& j) -> levee::handler_result {
       const std::uint64_t k = n->fetch_add(1, std::memory_order_relaxed);
       if (static_cast<int>(mix(j.id * 31u + k) % 100) < pct) {
         if (me % 2 == 1) throw std::runtime_error("flaky backend");
@@ -119,9 +119,15 @@ TEST_CASE("8 producers, 4 workers, flaky backends with retries: every accepted j
         const auto id = static_cast<std::uint32_t>(p * per_producer + i);
         levee::submit_result<job> r;
         switch (id % 3) {
-          case 0: r = lev.submit(job{id}); break;                    // block
-          case 1: r = lev.submit_for(job{id}, 50ms); break;          // block with a limit
-          default: r = lev.try_submit(job{id}, std::uint64_t{id}); break;  // never blocks
+          case 0:
+            r = lev.submit(job{id});
+            break;  // block
+          case 1:
+            r = lev.submit_for(job{id}, 50ms);
+            break;  // block with a limit
+          default:
+            r = lev.try_submit(job{id}, std::uint64_t{id});
+            break;  // never blocks
         }
         if (!r) REQUIRE(r.job->id == id);
         led.admit(id, r.accepted());
@@ -138,8 +144,9 @@ TEST_CASE("8 producers, 4 workers, flaky backends with retries: every accepted j
   CHECK(m.retried > 0);
   CHECK(m.outstanding == 0);
   CHECK(m.in_flight == 0);
-  MESSAGE("accepted " << m.accepted << ", succeeded " << m.succeeded << ", retried " << m.retried << ", dead-lettered "
-                      << m.dead_lettered.total() << ", rejected " << m.rejected.total());
+  MESSAGE("accepted " << m.accepted << ", succeeded " << m.succeeded << ", retried " << m.retried
+                      << ", dead-lettered " << m.dead_lettered.total() << ", rejected "
+                      << m.rejected.total());
 }
 
 TEST_CASE("close() racing 8 producers: accepted jobs all finish, later submits report closed") {
@@ -231,8 +238,10 @@ TEST_CASE("handlers resubmitting into their own small leveler (block policy) nev
     ran.fetch_add(1);
     if (j.id < 1'000'000) {  // first generation: spawn a child
       auto r = self->submit(job{j.id + 1'000'000});
-      if (r) resubmitted.fetch_add(1);
-      else if (r.status == levee::submit_status::full) refused_full.fetch_add(1);
+      if (r)
+        resubmitted.fetch_add(1);
+      else if (r.status == levee::submit_status::full)
+        refused_full.fetch_add(1);
     }
   });
   self = &lev;

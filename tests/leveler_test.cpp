@@ -1,19 +1,16 @@
 // Tests for levee/leveler.hpp: the API contract (statuses, overflow
 // policies, handlers, backends, gates, lifecycle, metrics). Rate and deadline
 // properties are in leveler_simulation_test.cpp, races in leveler_stress_test.cpp.
-#include <levee/conformance.hpp>
-#include <levee/leveler.hpp>
-#include <levee/mpmc_queue.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <levee/conformance.hpp>
+#include <levee/leveler.hpp>
+#include <levee/mpmc_queue.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,6 +20,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
@@ -145,9 +144,12 @@ TEST_CASE("a deadline already past is refused at the door; default_deadline appl
   o.rate = levee::rate::per_second(100);  // 10 ms apart
   o.burst = 1;
   std::vector<std::pair<int, levee::dead_letter_reason>> dead;
-  o.dead_letter = [&](int&& j, levee::dead_letter_reason why, std::exception_ptr) { dead.push_back({j, why}); };
+  o.dead_letter = [&](int&& j, levee::dead_letter_reason why, std::exception_ptr) {
+    dead.push_back({j, why});
+  };
   std::vector<int> ran;
-  sim_t lev(o, [&](int& j) { ran.push_back(j); }, clk);
+  sim_t lev(
+      o, [&](int& j) { ran.push_back(j); }, clk);
   auto r = lev.try_submit(1, clk.now() - 1ns);
   CHECK(r.status == levee::submit_status::would_miss_deadline);
   CHECK(*r.job == 1);
@@ -262,8 +264,10 @@ TEST_CASE("a handler that submits to its own full leveler gets `full` at once in
       // two resubmissions: the first fits (the queue has room for one), the second finds it full
       for (int k = 0; k < 2; ++k) {
         auto r = self->submit(j + 100);
-        if (r) ++self_accepted;
-        else if (r.status == levee::submit_status::full) ++self_full;
+        if (r)
+          ++self_accepted;
+        else if (r.status == levee::submit_status::full)
+          ++self_full;
       }
     }
   });
@@ -294,10 +298,14 @@ TEST_CASE("handler results: void, bool and handler_result; exceptions become fai
   sim_t lev(o);
   lev.add_backend([](int& j) -> levee::handler_result {
     switch (j % 4) {
-      case 0: return levee::handler_result::success();
-      case 1: return levee::handler_result::failure(std::runtime_error("returned"));
-      case 2: throw std::logic_error("thrown");
-      default: return levee::handler_result::failure();
+      case 0:
+        return levee::handler_result::success();
+      case 1:
+        return levee::handler_result::failure(std::runtime_error("returned"));
+      case 2:
+        throw std::logic_error("thrown");
+      default:
+        return levee::handler_result::failure();
     }
   });
   for (int i = 0; i < 4; ++i) REQUIRE(lev.try_submit(i));
@@ -319,7 +327,9 @@ TEST_CASE("handler results: void, bool and handler_result; exceptions become fai
 
 TEST_CASE("a throwing dead-letter sink is counted and never escapes") {
   auto o = sim_options();
-  o.dead_letter = [](int&&, levee::dead_letter_reason, std::exception_ptr) { throw std::runtime_error("sink down"); };
+  o.dead_letter = [](int&&, levee::dead_letter_reason, std::exception_ptr) {
+    throw std::runtime_error("sink down");
+  };
   sim_t lev(o, [](int&) { throw 1; });
   for (int i = 0; i < 3; ++i) REQUIRE(lev.try_submit(i));
   CHECK_NOTHROW(lev.drain());
@@ -370,7 +380,8 @@ TEST_CASE("backends: weights, run-time add/remove, per-backend metrics") {
   CHECK(m.backends[0].id == b);
 }
 
-TEST_CASE("per-backend metrics are exact after drain with worker threads (workers keep leases between jobs)") {
+TEST_CASE(
+    "per-backend metrics are exact after drain with worker threads (workers keep leases between jobs)") {
   levee::leveler<int>::options o;
   o.workers = 2;
   o.capacity = 4096;
@@ -549,7 +560,8 @@ TEST_CASE("set_rate / set_burst change the gate at run time; without a gate they
   o.burst = 1;
   o.capacity = 1000;
   std::vector<tp> d;
-  sim_t lev(o, [&](int&) { d.push_back(clk.now()); }, clk);
+  sim_t lev(
+      o, [&](int&) { d.push_back(clk.now()); }, clk);
   for (int i = 0; i < 100; ++i) REQUIRE(lev.try_submit(i));
   lev.run_until(tp(1s));
   const auto first = d.size();
@@ -594,7 +606,8 @@ TEST_CASE("auto burst keeps a 100 us jitter reserve: the gate admits b - max(1, 
     o.rate = levee::rate::per_second(100'000);
     o.burst = burst;
     std::vector<tp> at;
-    sim_t lev(o, [&](int&) { at.push_back(clk.now()); }, clk);
+    sim_t lev(
+        o, [&](int&) { at.push_back(clk.now()); }, clk);
     for (int i = 0; i < 1500; ++i) REQUIRE(lev.try_submit(i));
     lev.drain();
     *reported = lev.metrics().burst;
@@ -622,7 +635,8 @@ TEST_CASE("auto burst at 1k/s: one token of reserve, so a late first burst still
     o.rate = levee::rate::per_second(1000);
     o.burst = burst;
     std::vector<tp> at;
-    sim_t lev(o, [&](int&) { at.push_back(clk.now()); }, clk);
+    sim_t lev(
+        o, [&](int&) { at.push_back(clk.now()); }, clk);
     for (int i = 0; i < 50; ++i) REQUIRE(lev.try_submit(i));
     lev.drain();
     *reported = lev.metrics().burst;
@@ -649,7 +663,8 @@ TEST_CASE("metrics of a live leveler render as Prometheus text") {
   auto o = sim_options();
   o.rate = levee::rate::per_second(1000);
   o.max_concurrency = 4;
-  sim_t lev(o, [&](int&) { clk.advance(2ms); }, clk);
+  sim_t lev(
+      o, [&](int&) { clk.advance(2ms); }, clk);
   for (int i = 0; i < 50; ++i) REQUIRE(lev.try_submit(i));
   lev.drain();
   const auto m = lev.metrics();
@@ -669,7 +684,8 @@ TEST_CASE("arrival rate: submissions (accepted or not) per second over the last 
   levee::manual_clock clk;
   auto o = sim_options();
   o.capacity = 10'000;
-  sim_t lev(o, [](int&) {}, clk);
+  sim_t lev(
+      o, [](int&) {}, clk);
   CHECK(lev.metrics().arrival_rate == 0.0);
   clk.advance(5s);  // the window never reaches back before the leveler existed
   // 200 submissions per second for 3 s: one every 5 ms.
@@ -717,24 +733,28 @@ TEST_CASE("measurement clock: cheap steady_clock readings stay within the anchor
 }
 
 #if LEVEE_DETAIL_HAS_TSC
-TEST_CASE("measurement clock: the self-check's tolerance is two anchor errors plus 2e-4 of the elapsed time") {
+TEST_CASE(
+    "measurement clock: the self-check's tolerance is two anchor errors plus 2e-4 of the elapsed time") {
   using levee::detail::tsc_consistent;
   CHECK(tsc_consistent(0, 0));
   CHECK(tsc_consistent(2'000, 0));
   CHECK(tsc_consistent(-2'000, 0));
   CHECK_FALSE(tsc_consistent(2'001, 0));
   CHECK_FALSE(tsc_consistent(-2'001, 0));
-  CHECK(tsc_consistent(2'050, 250'000));         // 2 us + 50 ns over a window
+  CHECK(tsc_consistent(2'050, 250'000));  // 2 us + 50 ns over a window
   CHECK_FALSE(tsc_consistent(2'060, 250'000));
   CHECK(tsc_consistent(202'000, 1'000'000'000));  // 2 us + 200 us over a second
   CHECK_FALSE(tsc_consistent(203'000, 1'000'000'000));
-  CHECK_FALSE(tsc_consistent(3'000, -5));         // a negative span counts as 0
+  CHECK_FALSE(tsc_consistent(3'000, -5));  // a negative span counts as 0
 }
 
-TEST_CASE("measurement clock: an anchor that extrapolates wrongly discards the calibration, then it recovers") {
+TEST_CASE(
+    "measurement clock: an anchor that extrapolates wrongly discards the calibration, then it recovers") {
   using sc = std::chrono::steady_clock;
   if (!levee::detail::tsc_usable()) {
-    MESSAGE("no invariant counter with a tsc or kvm-clock clocksource here: measurement_now() is steady_clock::now()");
+    MESSAGE(
+        "no invariant counter with a tsc or kvm-clock clocksource here: measurement_now() is "
+        "steady_clock::now()");
     return;
   }
   auto& g = levee::detail::tsc_global();
@@ -747,7 +767,8 @@ TEST_CASE("measurement clock: an anchor that extrapolates wrongly discards the c
     return g.discarded;
   };
   // Spin (no sleep) until calibrated: >= 20 ms of real time.
-  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;) (void)levee::detail::measurement_now();
+  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;)
+    (void)levee::detail::measurement_now();
   REQUIRE(calibrated());
   // Nothing was discarded while calibrating on this machine (a counter that
   // disagreed with the clock would have been).
@@ -763,7 +784,8 @@ TEST_CASE("measurement clock: an anchor that extrapolates wrongly discards the c
   CHECK_FALSE(calibrated());
   CHECK(a.window_ticks == 0);  // its next reading is the real clock
   // A good anchor is not flagged, and the ratio comes back after 20 ms.
-  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;) (void)levee::detail::measurement_now();
+  for (const auto end = sc::now() + 2s; !calibrated() && sc::now() < end;)
+    (void)levee::detail::measurement_now();
   CHECK(calibrated());
   levee::detail::tsc_anchor b;
   (void)levee::detail::tsc_reanchor(b);
@@ -788,7 +810,8 @@ TEST_CASE("keys give affinity with hashing strategies: the same key always lands
         used.insert(b);
       });
     for (int round = 0; round < 20; ++round)
-      for (int key = 0; key < 200; ++key) REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
+      for (int key = 0; key < 200; ++key)
+        REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
     lev.drain();
     REQUIRE(backends_of_key.size() == 200);
     for (const auto& entry : backends_of_key) {
@@ -838,7 +861,8 @@ TEST_CASE("worker threads on a manual clock wait for the clock: rate tokens and 
   CHECK(m.retried == 1);
 }
 
-TEST_CASE("adaptive concurrency: failures shrink the limit, healthy traffic leaves it; options are exclusive") {
+TEST_CASE(
+    "adaptive concurrency: failures shrink the limit, healthy traffic leaves it; options are exclusive") {
   auto run = [](bool fail) {
     auto o = sim_options();
     o.adaptive = levee::adaptive_limit<>::options{8, 1, 8};
@@ -953,7 +977,8 @@ struct counted {
 };
 }  // namespace
 
-TEST_CASE("leveler_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
+TEST_CASE(
+    "leveler_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
   {
     levee::mpmc_queue<counted> q(64);
     for (int i = 0; i < 20; ++i) REQUIRE(q.try_emplace(i));
@@ -985,7 +1010,9 @@ TEST_CASE("leveler_batch: FIFO refill from the queue, owner and thief takes, ref
   CHECK(counted::live == 0);  // the batch destroys what it still holds
 }
 
-TEST_CASE("leveler_batch: one owner refilling and three thieves under oversubscription deliver every job exactly once") {
+TEST_CASE(
+    "leveler_batch: one owner refilling and three thieves under oversubscription deliver every job exactly "
+    "once") {
   constexpr int n = LEVEE_TEST_SANITIZED ? 20000 : 200000;
   levee::mpmc_queue<int> q(256);
   levee::detail::leveler_batch<int, 32> b;

@@ -1,7 +1,5 @@
 // Tests for levee/metrics.hpp: the histogram layout and quantiles, and the
 // Prometheus text exposition.
-#include <levee/metrics.hpp>
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <levee/metrics.hpp>
 #include <map>
 #include <random>
 #include <regex>
@@ -55,7 +54,9 @@ TEST_CASE("histogram layout: every value lands in a bucket whose bounds contain 
     REQUIRE(L::lower_of(idx) <= v);
     REQUIRE(v <= L::upper_of(idx));
     // bucket width bounded by 1/32 of its lower bound (values >= 32)
-    if (v >= 32) REQUIRE(static_cast<double>(L::upper_of(idx) - L::lower_of(idx) + 1) <= static_cast<double>(L::lower_of(idx)) / 32.0 + 1e-9);
+    if (v >= 32)
+      REQUIRE(static_cast<double>(L::upper_of(idx) - L::lower_of(idx) + 1) <=
+              static_cast<double>(L::lower_of(idx)) / 32.0 + 1e-9);
   }
   for (std::uint64_t v = 0; v < 32; ++v) CHECK(L::lower_of(L::index_of(v)) == L::upper_of(L::index_of(v)));
 }
@@ -220,9 +221,12 @@ TEST_CASE("to_prometheus: valid exposition format, one HELP/TYPE per family, val
   CHECK(values.at("svc_jobs_concurrency_limit") == "4");
   CHECK(values.at(R"(svc_jobs_backend_in_flight{backend="1"})") == "2");
   CHECK(values.at(R"(svc_jobs_backend_ejected{backend="2"})") == "1");
-  CHECK(std::stod(values.at(R"(svc_jobs_backend_latency_ewma_seconds{backend="2"})")) == doctest::Approx(0.0015));
-  CHECK(std::stod(values.at(R"(svc_jobs_queue_dwell_seconds{quantile="0.5"})")) == doctest::Approx(0.050).epsilon(0.035));
-  CHECK(std::stod(values.at(R"(svc_jobs_queue_dwell_seconds{quantile="0.99"})")) == doctest::Approx(0.099).epsilon(0.035));
+  CHECK(std::stod(values.at(R"(svc_jobs_backend_latency_ewma_seconds{backend="2"})")) ==
+        doctest::Approx(0.0015));
+  CHECK(std::stod(values.at(R"(svc_jobs_queue_dwell_seconds{quantile="0.5"})")) ==
+        doctest::Approx(0.050).epsilon(0.035));
+  CHECK(std::stod(values.at(R"(svc_jobs_queue_dwell_seconds{quantile="0.99"})")) ==
+        doctest::Approx(0.099).epsilon(0.035));
   CHECK(values.at("svc_jobs_queue_dwell_seconds_count") == "100");
   CHECK(std::stod(values.at("svc_jobs_queue_dwell_seconds_sum")) == doctest::Approx(5.05));
   CHECK(std::stod(values.at("svc_jobs_queue_dwell_max_seconds")) == doctest::Approx(0.1));

@@ -3,22 +3,20 @@
 // blocking, timed and bulk operations on a non-trivial element type;
 // exactly-once delivery and per-producer FIFO; close() racing with blocked
 // producers and consumers.
-#include <levee/mpmc_queue.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <iterator>
+#include <levee/mpmc_queue.hpp>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 
 namespace {
 
@@ -49,10 +47,14 @@ enum class mode { try_ops, blocking, timed, bulk };
 
 const char* name(mode m) {
   switch (m) {
-    case mode::try_ops: return "try";
-    case mode::blocking: return "blocking";
-    case mode::timed: return "timed";
-    case mode::bulk: return "bulk";
+    case mode::try_ops:
+      return "try";
+    case mode::blocking:
+      return "blocking";
+    case mode::timed:
+      return "timed";
+    case mode::bulk:
+      return "bulk";
   }
   return "?";
 }
@@ -70,7 +72,8 @@ struct consumer_log {
 void check_logs(const std::vector<consumer_log>& logs, const std::vector<int>& pushed_per_producer) {
   const std::size_t producers = pushed_per_producer.size();
   std::vector<std::vector<int>> seen(producers);
-  for (std::size_t p = 0; p < producers; ++p) seen[p].assign(static_cast<std::size_t>(pushed_per_producer[p]), 0);
+  for (std::size_t p = 0; p < producers; ++p)
+    seen[p].assign(static_cast<std::size_t>(pushed_per_producer[p]), 0);
   long fifo_violations = 0;
   long out_of_range = 0;
   long bad_payload = 0;
@@ -214,7 +217,8 @@ void run_stress(int producers, int consumers, int per_producer, std::size_t capa
   for (auto& t : threads) t.join();
   CHECK(q.size_approx() == 0);
   check_logs(logs, std::vector<int>(static_cast<std::size_t>(producers), per_producer));
-  MESSAGE(mode_name << " " << producers << "P" << consumers << "C cap " << capacity << ": timeouts " << timeouts.load());
+  MESSAGE(mode_name << " " << producers << "P" << consumers << "C cap " << capacity << ": timeouts "
+                    << timeouts.load());
 }
 
 }  // namespace
@@ -240,8 +244,8 @@ TEST_CASE("mpmc_queue stress: 16 producers + 16 consumers (oversubscribed)") {
     run_stress(16, 16, n, 1000, m);
   }
   run_stress(16, 16, n / 4, 1, mode::blocking);  // capacity 1: every operation waits
-  run_stress(16, 2, n / 2, 16, mode::blocking);   // many blocked producers
-  run_stress(2, 16, n / 2, 16, mode::blocking);   // many blocked consumers
+  run_stress(16, 2, n / 2, 16, mode::blocking);  // many blocked producers
+  run_stress(2, 16, n / 2, 16, mode::blocking);  // many blocked consumers
 }
 
 TEST_CASE("mpmc_queue stress: close() racing with blocked producers and consumers") {
@@ -286,7 +290,8 @@ TEST_CASE("mpmc_queue stress: close() racing with blocked producers and consumer
         } else {
           item x(0, 0);
           levee::queue_status st;
-          while ((st = q.try_pop_until(x, std::chrono::system_clock::now() + 1h)) == levee::queue_status::ok) {
+          while ((st = q.try_pop_until(x, std::chrono::system_clock::now() + 1h)) ==
+                 levee::queue_status::ok) {
             log.record(x);
           }
           CHECK(st == levee::queue_status::closed);

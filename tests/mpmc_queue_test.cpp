@@ -1,14 +1,13 @@
 // Single-threaded semantics of levee::mpmc_queue, plus small deterministic
 // multi-thread checks (wake-ups, close, timeouts). The heavy stress tests
 // live in mpmc_queue_stress_test.cpp.
-#include <levee/mpmc_queue.hpp>
-
 #include <doctest/doctest.h>
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <iterator>
+#include <levee/mpmc_queue.hpp>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -135,7 +134,8 @@ struct counting_allocator {
 
 TEST_CASE("mpmc_queue: construction rejects capacity 0 and impossible capacities") {
   CHECK_THROWS_AS(levee::mpmc_queue<int>(0), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(levee::mpmc_queue<int>(0), doctest::Contains("levee::mpmc_queue"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(levee::mpmc_queue<int>(0), doctest::Contains("levee::mpmc_queue"),
+                       std::invalid_argument);
   CHECK_THROWS_AS(levee::mpmc_queue<int>(std::size_t{1} << 62), std::length_error);
   CHECK_THROWS_WITH_AS(levee::mpmc_queue<int>(std::size_t{1} << 62), doctest::Contains("4611686018427387904"),
                        std::length_error);
@@ -146,7 +146,8 @@ TEST_CASE("mpmc_queue: construction rejects capacity 0 and impossible capacities
 }
 
 TEST_CASE("mpmc_queue: exact capacity, FIFO and wrap-around with an instrumented element") {
-  for (std::size_t cap : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{1000}, std::size_t{1023}}) {
+  for (std::size_t cap :
+       {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{1000}, std::size_t{1023}}) {
     CAPTURE(cap);
     reset_census();
     {
@@ -260,7 +261,7 @@ TEST_CASE("mpmc_queue: every operation keeps the census balanced") {
     CHECK_FALSE(q.pop().has_value());
     CHECK(q.try_pop_for(out, 1h) == levee::queue_status::closed);
     CHECK(out.value() == 4);  // untouched
-    q.close();  // idempotent
+    q.close();                // idempotent
     CHECK(q.is_closed());
   }
   check_census_balanced();
@@ -333,7 +334,7 @@ TEST_CASE("mpmc_queue: bulk operations keep FIFO order and stop at capacity") {
     CHECK(in[0].value() == tracked::moved_from);
     CHECK(in[3].value() == 3);
     CHECK(q.try_push_bulk(std::make_move_iterator(in.begin() + 3), 5) == 2);  // only 2 slots left
-    CHECK(in[5].value() == 5);                                              // not consumed
+    CHECK(in[5].value() == 5);                                                // not consumed
     CHECK(q.try_push_bulk(std::make_move_iterator(in.begin() + 5), 3) == 0);
     CHECK(q.size_approx() == 5);
     std::vector<tracked> out;
@@ -358,7 +359,8 @@ TEST_CASE("mpmc_queue: bulk operations keep FIFO order and stop at capacity") {
   check_census_balanced();
 }
 
-TEST_CASE("mpmc_queue: timed operations: deadlines in the past never wait; extreme deadlines do not overflow") {
+TEST_CASE(
+    "mpmc_queue: timed operations: deadlines in the past never wait; extreme deadlines do not overflow") {
   levee::mpmc_queue<int> q(1);
   int out = 0;
   CHECK(q.try_pop_until(out, std::chrono::steady_clock::now() - 1s) == levee::queue_status::empty);
@@ -420,9 +422,7 @@ TEST_CASE("mpmc_queue: blocked pop wakes on push, blocked push wakes on pop") {
 
   REQUIRE(q.push(1));
   std::atomic<bool> pushed{false};
-  std::thread producer([&] {
-    pushed = q.push(2);
-  });
+  std::thread producer([&] { pushed = q.push(2); });
   std::this_thread::sleep_for(20ms);
   CHECK_FALSE(pushed.load());
   CHECK(q.pop() == 1);

@@ -1,22 +1,20 @@
 // Tests for levee/rate_limiter.hpp. All on levee::manual_clock: nothing sleeps
 // on real time except the bounded waits in the blocking tests.
-#include <levee/conformance.hpp>
-#include <levee/rate_limiter.hpp>
-
 #include <doctest/doctest.h>
-
-#include "test_support.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <levee/conformance.hpp>
+#include <levee/rate_limiter.hpp>
 #include <limits>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 
 using namespace std::chrono_literals;
 using levee::manual_clock;
@@ -89,7 +87,8 @@ TEST_CASE("rate and limiter: bad input throws std::invalid_argument") {
 
   manual_clock clk;
   CHECK_THROWS_AS(limiter(rate::per_second(10), 0, clk), std::invalid_argument);
-  CHECK_THROWS_AS(limiter(rate::per(1, std::chrono::hours(24 * 365 * 100)), 1'000'000, clk), std::invalid_argument);
+  CHECK_THROWS_AS(limiter(rate::per(1, std::chrono::hours(24 * 365 * 100)), 1'000'000, clk),
+                  std::invalid_argument);
   limiter lim(rate::per_second(10), 3, clk);
   CHECK_FALSE(lim.try_acquire(4, clk.now()));  // n > burst: never
   CHECK_THROWS_AS(lim.acquire(4), std::invalid_argument);
@@ -119,7 +118,8 @@ TEST_CASE("fresh limiter is full; then one permit per emission interval") {
 }
 
 TEST_CASE("available_at is exactly the first time try_acquire succeeds") {
-  for (const rate r : {rate::per_second(3), rate::per_second(777.7), rate::per(7, 3s), rate::per_second(1'000'000)}) {
+  for (const rate r :
+       {rate::per_second(3), rate::per_second(777.7), rate::per(7, 3s), rate::per_second(1'000'000)}) {
     manual_clock clk;
     limiter lim(r, 4, clk);
     std::mt19937_64 rng(42);
@@ -189,8 +189,8 @@ TEST_CASE("extreme rates: one per 1000 days and 1e9 per second") {
 
 TEST_CASE("long-run accuracy within 0.1% while demand exceeds the rate") {
   // Non-round rates on purpose: their intervals are not whole nanoseconds.
-  const rate rates[] = {rate::per_second(1000), rate::per_second(999.9), rate::per_second(33333.3),
-                        rate::per(7, 3s), rate::per_second(123456.7), rate::per_second(1'000'000),
+  const rate rates[] = {rate::per_second(1000),    rate::per_second(999.9),    rate::per_second(33333.3),
+                        rate::per(7, 3s),          rate::per_second(123456.7), rate::per_second(1'000'000),
                         rate::per_second(987654.3)};
   for (const rate r : rates) {
     for (const std::uint64_t b : {std::uint64_t{1}, std::uint64_t{4}}) {
@@ -252,11 +252,12 @@ TEST_CASE("out-of-order and backwards now from several threads: 0 violations") {
         for (std::size_t k = 0; k < attempts; ++k) {
           // every thread advances the shared frontier a little, then uses a
           // time up to 20 intervals stale, sometimes far in the past
-          const std::int64_t f = frontier.fetch_add(static_cast<std::int64_t>(rng() % 40)) ;
+          const std::int64_t f = frontier.fetch_add(static_cast<std::int64_t>(rng() % 40));
           std::int64_t t = f - static_cast<std::int64_t>(rng() % 2000);
           if (rng() % 64 == 0) t = f - static_cast<std::int64_t>(rng() % 1'000'000);
           const std::uint64_t n = 1 + rng() % b;
-          if (lim.try_acquire(n, at_ns(t))) got[static_cast<std::size_t>(i)].insert(got[static_cast<std::size_t>(i)].end(), n, at_ns(t));
+          if (lim.try_acquire(n, at_ns(t)))
+            got[static_cast<std::size_t>(i)].insert(got[static_cast<std::size_t>(i)].end(), n, at_ns(t));
         }
       });
     }
@@ -351,7 +352,8 @@ TEST_CASE("set_rate: lowering allows no catch-up burst; the new envelope holds f
     CHECK(lim.available(t1) == 5);  // debt kept in permits: no catch-up, no loss
     // greedy demand after the change obeys the new envelope exactly
     const double t_ns = 1e9 / r2.per_second_value();
-    auto adm = greedy_run(lim, t1.time_since_epoch().count(), static_cast<std::int64_t>(2 * t_ns), 5000, 3, 5);
+    auto adm =
+        greedy_run(lim, t1.time_since_epoch().count(), static_cast<std::int64_t>(2 * t_ns), 5000, 3, 5);
     CHECK(levee::check_conformance(adm, r2, 10).ok);
   }
 }
@@ -370,11 +372,12 @@ TEST_CASE("set_rate with a reservation in flight: windows after the change fit t
     lim.set_rate(r2);
     std::vector<tp> after(3, res.ready_at());  // the reservation's permits are used when due
     const double t_ns = 1e9 / r2.per_second_value();
-    const auto greedy = greedy_run(lim, t1.time_since_epoch().count(), static_cast<std::int64_t>(2 * t_ns), 3000, 2, 3);
+    const auto greedy =
+        greedy_run(lim, t1.time_since_epoch().count(), static_cast<std::int64_t>(2 * t_ns), 3000, 2, 3);
     after.insert(after.end(), greedy.begin(), greedy.end());
-    CHECK(levee::check_conformance(greedy, r2, 5).ok);        // admissions after the change: exact
-    CHECK(levee::check_conformance(after, r2, 5 + 3).ok);     // + the in-flight reservation
-    CHECK_FALSE(res.cancel());                                // reconfigured: no refund
+    CHECK(levee::check_conformance(greedy, r2, 5).ok);     // admissions after the change: exact
+    CHECK(levee::check_conformance(after, r2, 5 + 3).ok);  // + the in-flight reservation
+    CHECK_FALSE(res.cancel());                             // reconfigured: no refund
   }
 }
 
@@ -416,7 +419,8 @@ TEST_CASE("set_rate under concurrent demand: windows after the change obey the n
           while (!changed.load(std::memory_order_acquire)) std::this_thread::yield();
         const bool was_changed = changed.load(std::memory_order_acquire);
         const std::int64_t t = frontier.fetch_add(static_cast<std::int64_t>(rng() % 30));
-        if (lim.try_acquire(1, at_ns(t)) && was_changed) after[static_cast<std::size_t>(i)].push_back(at_ns(t));
+        if (lim.try_acquire(1, at_ns(t)) && was_changed)
+          after[static_cast<std::size_t>(i)].push_back(at_ns(t));
       }
     });
   }
@@ -466,7 +470,8 @@ TEST_CASE("acquire blocks on the manual clock and returns the admission time") {
   }
   th.join();
   REQUIRE(got.size() == 5);
-  for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] >= tp(std::chrono::milliseconds(100 * static_cast<int>(i))));
+  for (std::size_t i = 0; i < got.size(); ++i)
+    CHECK(got[i] >= tp(std::chrono::milliseconds(100 * static_cast<int>(i))));
   CHECK(levee::check_conformance(got, rate::per_second(10), 1).ok);
 }
 
@@ -612,7 +617,8 @@ struct reference_gcra {
 
 }  // namespace
 
-TEST_CASE("try_acquire, reserve, cancel, set_rate and set_burst agree with a direct GCRA model, across eras") {
+TEST_CASE(
+    "try_acquire, reserve, cancel, set_rate and set_burst agree with a direct GCRA model, across eras") {
   // 10k/s: F = 8, an era is 2^53 ns. Start just before an era boundary so the
   // run crosses it (and later several more) with fresh and stale `now`.
   constexpr std::int64_t era_ns = std::int64_t{1} << 53;
@@ -622,7 +628,9 @@ TEST_CASE("try_acquire, reserve, cancel, set_rate and set_burst agree with a dir
     limiter lim(rate::per_second(10'000), 3, clk);
     REQUIRE(lim.resolution_bits() == 8);
     const unsigned shift = lim.resolution_bits() + 1;
-    auto interval_ticks = [&](std::int64_t interval_ns) { return 2 * (i128{interval_ns} << lim.resolution_bits()); };
+    auto interval_ticks = [&](std::int64_t interval_ns) {
+      return 2 * (i128{interval_ns} << lim.resolution_bits());
+    };
     reference_gcra ref{shift, interval_ticks(100'000), 0, 3, 0};
     ref.tau = ref.burst * ref.interval;
     ref.tat = ref.ticks(start) - reference_gcra::horizon;  // a fresh limiter is full
@@ -650,7 +658,8 @@ TEST_CASE("try_acquire, reserve, cancel, set_rate and set_burst agree with a dir
       std::int64_t now = frontier;
       const std::uint64_t stale = rng() % 16;
       if (stale == 0) now -= static_cast<std::int64_t>(rng() % 300'000);
-      if (stale == 1 && rng() % 8 == 0) now -= static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(era_ns / 4));
+      if (stale == 1 && rng() % 8 == 0)
+        now -= static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(era_ns / 4));
       if ((now >> 53) != (frontier >> 53)) ++slow_eras;
       const i128 nt = ref.ticks(now);
       INFO("seed " << seed << " step " << i << " now " << now);
@@ -744,7 +753,8 @@ TEST_CASE("real clock: acquire paces at roughly the rate (generous bounds)") {
     const auto t0 = steady_clock::now();
     for (int i = 0; i < 100; ++i) {
       got.push_back(lim.acquire());
-      CHECK(got.back() <= steady_clock::now());  // the admission time is a clock reading, never a future due time
+      CHECK(got.back() <=
+            steady_clock::now());  // the admission time is a clock reading, never a future due time
     }
     const double secs = duration<double>(steady_clock::now() - t0).count();
     CHECK(secs >= 0.045);  // 99 intervals of 0.5 ms minimum

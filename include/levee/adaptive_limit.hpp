@@ -33,8 +33,8 @@ namespace levee {
 // One completed operation.
 struct limit_sample {
   std::chrono::nanoseconds latency{0};  // completion latency
-  std::size_t in_flight = 0;             // operations in flight when it completed (itself included)
-  bool dropped = false;                  // failed because of overload (timeout, rejection, 503, ...)
+  std::size_t in_flight = 0;            // operations in flight when it completed (itself included)
+  bool dropped = false;                 // failed because of overload (timeout, rejection, 503, ...)
 };
 
 // A limit policy: given the current limit (a real number) and one sample,
@@ -98,7 +98,8 @@ class latency_window {
 };
 
 inline void check_positive(double v, const char* what) {
-  if (!std::isfinite(v) || !(v > 0)) throw std::invalid_argument(std::string(what) + " (got " + std::to_string(v) + ")");
+  if (!std::isfinite(v) || !(v > 0))
+    throw std::invalid_argument(std::string(what) + " (got " + std::to_string(v) + ")");
 }
 
 }  // namespace detail
@@ -112,7 +113,7 @@ class aimd {
   struct options {
     double backoff = 0.9;
     double increase = 1.0;
-    double tolerance = 1.1;  // latency above tolerance * baseline means congestion
+    double tolerance = 1.1;               // latency above tolerance * baseline means congestion
     std::chrono::nanoseconds timeout{0};  // absolute congestion threshold; 0 = off
     double relearn_factor = 2.0;
     int relearn_windows = 10;
@@ -120,10 +121,12 @@ class aimd {
   aimd() : aimd(options{}) {}
   explicit aimd(options o) : o_(o), win_(o.relearn_factor, o.relearn_windows) {
     if (!(o.backoff > 0 && o.backoff < 1))
-      throw std::invalid_argument("levee::aimd: backoff must be in (0, 1) (got " + std::to_string(o.backoff) + ")");
+      throw std::invalid_argument("levee::aimd: backoff must be in (0, 1) (got " + std::to_string(o.backoff) +
+                                  ")");
     detail::check_positive(o.increase, "levee::aimd: increase must be > 0");
     if (!(o.tolerance >= 1))
-      throw std::invalid_argument("levee::aimd: tolerance must be >= 1 (got " + std::to_string(o.tolerance) + ")");
+      throw std::invalid_argument("levee::aimd: tolerance must be >= 1 (got " + std::to_string(o.tolerance) +
+                                  ")");
     if (!(o.relearn_factor > 1) || o.relearn_windows < 1)
       throw std::invalid_argument("levee::aimd: relearn_factor must be > 1 and relearn_windows >= 1");
   }
@@ -157,11 +160,10 @@ class aimd {
 // proportional to in-flight beyond a capacity C, the fixed point is
 // limit = (tolerance * C + queue): ~1.1 C with the defaults.
 // Probe: every `probe_every` windows the limit is cut to probe_factor * limit
-// and held for `probe_hold` windows (the windows that measure it). A policy started above capacity never sees the unqueued
-// latency, so its baseline is inflated and it would settle wherever it
-// started; each probe lowers the observed minimum by probe_factor *
-// (tolerance + queue_ratio) < 1 until the baseline is real. At the fixed
-// point a probe dips to ~0.9 C and the limit regrows within a few windows.
+// and held for `probe_hold` windows (the windows that measure it). A policy started above capacity never sees
+// the unqueued latency, so its baseline is inflated and it would settle wherever it started; each probe
+// lowers the observed minimum by probe_factor * (tolerance + queue_ratio) < 1 until the baseline is real. At
+// the fixed point a probe dips to ~0.9 C and the limit regrows within a few windows.
 class gradient {
  public:
   struct options {
@@ -179,19 +181,23 @@ class gradient {
   gradient() : gradient(options{}) {}
   explicit gradient(options o) : o_(o), win_(o.relearn_factor, o.relearn_windows) {
     if (!(o.tolerance >= 1))
-      throw std::invalid_argument("levee::gradient: tolerance must be >= 1 (got " + std::to_string(o.tolerance) + ")");
-    if (!(o.queue_ratio >= 0 && o.queue_ratio < 1) || !(o.queue_min >= 0) || !(o.queue_ratio > 0 || o.queue_min > 0))
-      throw std::invalid_argument("levee::gradient: need queue_ratio in [0, 1), queue_min >= 0, one of them > 0");
+      throw std::invalid_argument("levee::gradient: tolerance must be >= 1 (got " +
+                                  std::to_string(o.tolerance) + ")");
+    if (!(o.queue_ratio >= 0 && o.queue_ratio < 1) || !(o.queue_min >= 0) ||
+        !(o.queue_ratio > 0 || o.queue_min > 0))
+      throw std::invalid_argument(
+          "levee::gradient: need queue_ratio in [0, 1), queue_min >= 0, one of them > 0");
     if (!(o.smoothing > 0 && o.smoothing <= 1))
-      throw std::invalid_argument("levee::gradient: smoothing must be in (0, 1] (got " + std::to_string(o.smoothing) +
-                                  ")");
+      throw std::invalid_argument("levee::gradient: smoothing must be in (0, 1] (got " +
+                                  std::to_string(o.smoothing) + ")");
     if (!(o.min_gradient > 0 && o.min_gradient <= 1))
       throw std::invalid_argument("levee::gradient: min_gradient must be in (0, 1] (got " +
                                   std::to_string(o.min_gradient) + ")");
     if (!(o.relearn_factor > 1) || o.relearn_windows < 1)
       throw std::invalid_argument("levee::gradient: relearn_factor must be > 1 and relearn_windows >= 1");
     if (o.probe_every < 0 || o.probe_hold < 0 || !(o.probe_factor > 0 && o.probe_factor < 1))
-      throw std::invalid_argument("levee::gradient: need probe_every >= 0, probe_hold >= 0, probe_factor in (0, 1)");
+      throw std::invalid_argument(
+          "levee::gradient: need probe_every >= 0, probe_hold >= 0, probe_factor in (0, 1)");
   }
 
   double update(double limit, const limit_sample& s) {
@@ -207,8 +213,9 @@ class gradient {
       win_.close();
       return limit * o_.probe_factor;
     }
-    const double g = win_.dropped() ? o_.min_gradient
-                                    : std::clamp(o_.tolerance * win_.baseline() / win_.mean(), o_.min_gradient, 1.0);
+    const double g = win_.dropped()
+                         ? o_.min_gradient
+                         : std::clamp(o_.tolerance * win_.baseline() / win_.mean(), o_.min_gradient, 1.0);
     const double queue = std::max(o_.queue_min, o_.queue_ratio * limit);
     win_.close();
     if (g >= 1.0) return app_limited ? limit : limit + queue;
@@ -256,8 +263,10 @@ class adaptive_limit {
   // from the short internal lock.
   void on_sample(std::chrono::nanoseconds latency, std::size_t in_flight, bool dropped) {
     std::lock_guard lock(mutex_);
-    const double next = static_cast<double>(policy_.update(value_, limit_sample{latency, in_flight, dropped}));
-    value_ = std::clamp(std::isfinite(next) ? next : value_, static_cast<double>(o_.min), static_cast<double>(o_.max));
+    const double next =
+        static_cast<double>(policy_.update(value_, limit_sample{latency, in_flight, dropped}));
+    value_ = std::clamp(std::isfinite(next) ? next : value_, static_cast<double>(o_.min),
+                        static_cast<double>(o_.max));
     limit_.store(static_cast<std::size_t>(std::llround(value_)), std::memory_order_relaxed);
   }
 

@@ -34,7 +34,9 @@ template <class C>
 concept waitable_clock = clock<C> && requires(const C& c, typename C::time_point tp) {
   // Blocks until now() >= tp or stop() returns true; stop is re-checked after
   // every notify_waiters() and every change of the clock's time.
-  { c.wait_until(tp, [] { return false; }) } -> std::same_as<bool>;
+  {
+    c.wait_until(tp, [] { return false; })
+    } -> std::same_as<bool>;
   c.notify_waiters();
 };
 
@@ -55,7 +57,9 @@ class manual_clock {
   static constexpr bool is_steady = false;
 
   manual_clock() : state_(std::make_shared<state>()) {}
-  explicit manual_clock(time_point start) : manual_clock() { state_->ns.store(start.time_since_epoch().count()); }
+  explicit manual_clock(time_point start) : manual_clock() {
+    state_->ns.store(start.time_since_epoch().count());
+  }
 
   [[nodiscard]] time_point now() const noexcept {
     return time_point(duration(state_->ns.load(std::memory_order_acquire)));

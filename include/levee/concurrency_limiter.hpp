@@ -64,7 +64,8 @@ class permit {
 class concurrency_limiter {
  public:
   // limit == 0 throws std::invalid_argument.
-  explicit concurrency_limiter(std::size_t limit) : limit_(check_limit(limit, "levee::concurrency_limiter")) {}
+  explicit concurrency_limiter(std::size_t limit)
+      : limit_(check_limit(limit, "levee::concurrency_limiter")) {}
   concurrency_limiter(const concurrency_limiter&) = delete;
   concurrency_limiter& operator=(const concurrency_limiter&) = delete;
   ~concurrency_limiter() = default;
@@ -78,7 +79,8 @@ class concurrency_limiter {
     std::size_t cur = in_flight_.load(std::memory_order_seq_cst);
     for (;;) {
       if (cur >= limit_.load(std::memory_order_seq_cst)) return permit{};
-      if (in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+      if (in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed))
         return permit{this};
     }
   }

@@ -6,13 +6,12 @@
 // is levee::rate's exact fraction (128-bit arithmetic, no floating point).
 #pragma once
 
-#include <levee/rate_limiter.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <levee/rate_limiter.hpp>
 #include <ranges>
 #include <span>
 #include <stdexcept>
@@ -30,11 +29,11 @@ struct conformance_report {
   std::size_t admissions = 0;
   // The window with the largest excess (count - allowed); meaningful only if !ok.
   struct window {
-    std::size_t first = 0;  // index of its first admission in time order
-    std::size_t last = 0;   // index of its last admission in time order
-    std::size_t count = 0;  // admissions in [start, end]
-    std::uint64_t allowed = 0;  // burst + floor(r * (end - start))
-    std::chrono::nanoseconds start{0};  // first admission, relative to the earliest admission
+    std::size_t first = 0;               // index of its first admission in time order
+    std::size_t last = 0;                // index of its last admission in time order
+    std::size_t count = 0;               // admissions in [start, end]
+    std::uint64_t allowed = 0;           // burst + floor(r * (end - start))
+    std::chrono::nanoseconds start{0};   // first admission, relative to the earliest admission
     std::chrono::nanoseconds length{0};  // end - start
   } worst;
   // Largest count - allowed over all windows (<= 0 when ok; exactly 0 is
@@ -57,7 +56,8 @@ inline conformance_report check_sorted_ns(const std::vector<std::int64_t>& t, ra
   const auto p = static_cast<int128>(r.period().count());
   const auto t0 = t.front();
   auto u = [&](std::size_t k) {
-    return static_cast<int128>(static_cast<std::uint64_t>(t[k]) - static_cast<std::uint64_t>(t0)) * c - static_cast<int128>(k) * p;
+    return static_cast<int128>(static_cast<std::uint64_t>(t[k]) - static_cast<std::uint64_t>(t0)) * c -
+           static_cast<int128>(k) * p;
   };
   const auto b = static_cast<std::size_t>(std::min<std::uint64_t>(burst, t.size() + 1));
   const int128 slack = static_cast<int128>(burst - 1) * p;
@@ -76,14 +76,20 @@ inline conformance_report check_sorted_ns(const std::vector<std::int64_t>& t, ra
     if (best_u - u(j) > slack) {
       ++rep.violations;
       const std::uint64_t w = static_cast<std::uint64_t>(t[j]) - static_cast<std::uint64_t>(t[best_i]);
-      const auto allowed_rate = static_cast<uint128>(w) * r.count() / static_cast<std::uint64_t>(r.period().count());
+      const auto allowed_rate =
+          static_cast<uint128>(w) * r.count() / static_cast<std::uint64_t>(r.period().count());
       const std::uint64_t allowed = burst + static_cast<std::uint64_t>(allowed_rate);
       const std::size_t count = j - best_i + 1;
       const auto excess = static_cast<std::int64_t>(count) - static_cast<std::int64_t>(allowed);
       if (rep.ok || excess > rep.max_excess) {
         rep.ok = false;
         rep.max_excess = excess;
-        rep.worst = {best_i, j, count, allowed, std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<std::uint64_t>(t[best_i]) - static_cast<std::uint64_t>(t0))),
+        rep.worst = {best_i,
+                     j,
+                     count,
+                     allowed,
+                     std::chrono::nanoseconds(static_cast<std::int64_t>(
+                         static_cast<std::uint64_t>(t[best_i]) - static_cast<std::uint64_t>(t0))),
                      std::chrono::nanoseconds(static_cast<std::int64_t>(w))};
       }
     }
@@ -98,7 +104,8 @@ inline conformance_report check_sorted_ns(const std::vector<std::int64_t>& t, ra
 // report refer to that time order. burst == 0 throws std::invalid_argument.
 // Cost: O(n log n) for the sort, O(n) for the check; allocates n int64s.
 template <class TimePoint>
-[[nodiscard]] conformance_report check_conformance(std::span<const TimePoint> admissions, rate r, std::uint64_t burst) {
+[[nodiscard]] conformance_report check_conformance(std::span<const TimePoint> admissions, rate r,
+                                                   std::uint64_t burst) {
   if (burst == 0) detail::throw_invalid_u("levee::check_conformance: burst must be >= 1", 0);
   std::vector<std::int64_t> ns;
   ns.reserve(admissions.size());
@@ -110,11 +117,11 @@ template <class TimePoint>
 
 // Convenience overload for any contiguous range of time points (std::vector, std::array, ...).
 template <std::ranges::contiguous_range R>
-  requires(!std::is_same_v<std::remove_cvref_t<R>, std::span<const std::ranges::range_value_t<R>>>)
-[[nodiscard]] conformance_report check_conformance(const R& admissions, rate r, std::uint64_t burst) {
+requires(!std::is_same_v<std::remove_cvref_t<R>, std::span<const std::ranges::range_value_t<R>>>)
+    [[nodiscard]] conformance_report check_conformance(const R& admissions, rate r, std::uint64_t burst) {
   using tp = std::ranges::range_value_t<R>;
-  return check_conformance<tp>(std::span<const tp>(std::ranges::data(admissions), std::ranges::size(admissions)), r,
-                               burst);
+  return check_conformance<tp>(
+      std::span<const tp>(std::ranges::data(admissions), std::ranges::size(admissions)), r, burst);
 }
 
 }  // namespace levee

@@ -11,12 +11,12 @@
 //                 levee/metrics.hpp              metrics snapshot, Prometheus text
 #pragma once
 
+#include "adaptive_limit.hpp"
+#include "balance.hpp"
 #include "clock.hpp"
+#include "concurrency_limiter.hpp"
+#include "conformance.hpp"
+#include "leveler.hpp"
+#include "metrics.hpp"
 #include "mpmc_queue.hpp"
 #include "rate_limiter.hpp"
-#include "concurrency_limiter.hpp"
-#include "adaptive_limit.hpp"
-#include "conformance.hpp"
-#include "balance.hpp"
-#include "metrics.hpp"
-#include "leveler.hpp"

@@ -20,16 +20,6 @@
 // cancelled by stop()). A rejected submission hands the job back.
 #pragma once
 
-#include <levee/balance.hpp>
-#include <levee/clock.hpp>
-#include <levee/concurrency_limiter.hpp>
-#include <levee/adaptive_limit.hpp>
-#include <levee/detail/leveler_support.hpp>
-#include <levee/detail/tsc_clock.hpp>
-#include <levee/metrics.hpp>
-#include <levee/mpmc_queue.hpp>
-#include <levee/rate_limiter.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -39,6 +29,15 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <levee/adaptive_limit.hpp>
+#include <levee/balance.hpp>
+#include <levee/clock.hpp>
+#include <levee/concurrency_limiter.hpp>
+#include <levee/detail/leveler_support.hpp>
+#include <levee/detail/tsc_clock.hpp>
+#include <levee/metrics.hpp>
+#include <levee/mpmc_queue.hpp>
+#include <levee/rate_limiter.hpp>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -78,28 +77,40 @@ enum class dead_letter_reason {
 
 [[nodiscard]] constexpr std::string_view to_string(overflow_policy p) noexcept {
   switch (p) {
-    case overflow_policy::block: return "block";
-    case overflow_policy::reject: return "reject";
-    case overflow_policy::drop_oldest: return "drop_oldest";
+    case overflow_policy::block:
+      return "block";
+    case overflow_policy::reject:
+      return "reject";
+    case overflow_policy::drop_oldest:
+      return "drop_oldest";
   }
   return "unknown";
 }
 [[nodiscard]] constexpr std::string_view to_string(submit_status s) noexcept {
   switch (s) {
-    case submit_status::accepted: return "accepted";
-    case submit_status::full: return "full";
-    case submit_status::closed: return "closed";
-    case submit_status::would_miss_deadline: return "would_miss_deadline";
-    case submit_status::timeout: return "timeout";
+    case submit_status::accepted:
+      return "accepted";
+    case submit_status::full:
+      return "full";
+    case submit_status::closed:
+      return "closed";
+    case submit_status::would_miss_deadline:
+      return "would_miss_deadline";
+    case submit_status::timeout:
+      return "timeout";
   }
   return "unknown";
 }
 [[nodiscard]] constexpr std::string_view to_string(dead_letter_reason r) noexcept {
   switch (r) {
-    case dead_letter_reason::failed: return "failed";
-    case dead_letter_reason::expired: return "expired";
-    case dead_letter_reason::dropped: return "dropped";
-    case dead_letter_reason::cancelled: return "cancelled";
+    case dead_letter_reason::failed:
+      return "failed";
+    case dead_letter_reason::expired:
+      return "expired";
+    case dead_letter_reason::dropped:
+      return "dropped";
+    case dead_letter_reason::cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -126,8 +137,9 @@ class handler_result {
     return handler_result(false, std::move(error));
   }
   template <class E>
-    requires(!std::same_as<std::decay_t<E>, std::exception_ptr> && !std::same_as<std::decay_t<E>, std::nullptr_t>)
-  [[nodiscard]] static handler_result failure(E&& error) {
+  requires(!std::same_as<std::decay_t<E>, std::exception_ptr> &&
+           !std::same_as<std::decay_t<E>, std::nullptr_t>) [[nodiscard]] static handler_result
+      failure(E&& error) {
     return handler_result(false, std::make_exception_ptr(std::forward<E>(error)));
   }
 
@@ -194,7 +206,8 @@ struct alignas(false_sharing_range) leveler_backend_counters {
 
 template <class Job>
 struct leveler_backend {
-  explicit leveler_backend(std::size_t shards) : counters(std::make_unique<leveler_backend_counters[]>(shards)), shard_count(shards) {}
+  explicit leveler_backend(std::size_t shards)
+      : counters(std::make_unique<leveler_backend_counters[]>(shards)), shard_count(shards) {}
   std::uint64_t id = 0;
   std::unique_ptr<leveler_handler_base<Job>> handler;
   std::unique_ptr<leveler_backend_counters[]> counters;  // one per stats shard
@@ -226,10 +239,10 @@ inline std::size_t leveler_default_workers() noexcept {
 
 // A backend handler: callable with Job&, returning void, bool or handler_result.
 template <class H, class Job>
-concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable<std::decay_t<H>&, Job&> &&
-                      (std::is_void_v<std::invoke_result_t<std::decay_t<H>&, Job&>> ||
-                       std::same_as<std::invoke_result_t<std::decay_t<H>&, Job&>, bool> ||
-                       std::convertible_to<std::invoke_result_t<std::decay_t<H>&, Job&>, handler_result>);
+concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable < std::decay_t<H>
+&, Job& > &&(std::is_void_v<std::invoke_result_t<std::decay_t<H>&, Job&>> ||
+             std::same_as<std::invoke_result_t<std::decay_t<H>&, Job&>, bool> ||
+             std::convertible_to<std::invoke_result_t<std::decay_t<H>&, Job&>, handler_result>);
 
 // ---------------------------------------------------------------------------
 // leveler<Job, Strategy, Clock>
@@ -262,8 +275,9 @@ concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable
 template <class Job, strategy Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
 class leveler {
   static_assert(std::is_move_constructible_v<Job>, "levee::leveler: Job must be move constructible");
-  static_assert(std::is_nothrow_move_constructible_v<Job>,
-                "levee::leveler: Job must be nothrow move constructible (jobs move through a lock-free queue)");
+  static_assert(
+      std::is_nothrow_move_constructible_v<Job>,
+      "levee::leveler: Job must be nothrow move constructible (jobs move through a lock-free queue)");
 
  public:
   using job_type = Job;
@@ -271,8 +285,8 @@ class leveler {
   using clock_type = Clock;
   using duration = typename Clock::duration;
   using time_point = typename Clock::time_point;
-  using balancer_type =
-      levee::balancer<Strategy, detail::leveler_cached_clock<Clock>, std::shared_ptr<detail::leveler_backend<Job>>>;
+  using balancer_type = levee::balancer<Strategy, detail::leveler_cached_clock<Clock>,
+                                        std::shared_ptr<detail::leveler_backend<Job>>>;
   using dead_letter_sink = std::function<void(Job&&, dead_letter_reason, std::exception_ptr)>;
 
   // Per-job options: an affinity key for key-based strategies (ring_hash,
@@ -284,13 +298,14 @@ class leveler {
   };
 
   struct options {
-    std::size_t capacity = 1024;                       // ingress queue capacity (exact)
+    std::size_t capacity = 1024;                        // ingress queue capacity (exact)
     overflow_policy overflow = overflow_policy::block;  // what submit() does when full
     bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
-    std::uint64_t burst = 0;                            // 0 = auto: ceil(rate * 5 ms), at least 2 (see jitter_reserve)
-    std::size_t max_concurrency = 0;                    // fixed concurrency gate; 0 = none
-    std::optional<typename levee::adaptive_limit<>::options> adaptive;  // adaptive gate (exclusive with max_concurrency)
+    std::uint64_t burst = 0;          // 0 = auto: ceil(rate * 5 ms), at least 2 (see jitter_reserve)
+    std::size_t max_concurrency = 0;  // fixed concurrency gate; 0 = none
+    std::optional<typename levee::adaptive_limit<>::options>
+        adaptive;  // adaptive gate (exclusive with max_concurrency)
     std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
     levee::retry_policy retry;
     std::optional<duration> default_deadline;  // relative to submission, for jobs without a deadline
@@ -340,7 +355,8 @@ class leveler {
       shards_[i + 1].exclusive = true;
     }
     // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
-    batching_ = opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
+    batching_ =
+        opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
     try {
       for (std::size_t i = 0; i < opts_.workers; ++i) threads_.emplace_back([this, i] { worker_main(i); });
     } catch (...) {
@@ -351,8 +367,7 @@ class leveler {
 
   // A leveler with a single backend: `handler` handles every job.
   template <class H>
-    requires job_handler<H, Job>
-  leveler(options o, H&& handler, Clock c = Clock{}, Strategy s = Strategy{})
+  requires job_handler<H, Job> leveler(options o, H&& handler, Clock c = Clock{}, Strategy s = Strategy{})
       : leveler(std::move(o), std::move(c), std::move(s)) {
     add_backend(std::forward<H>(handler));
   }
@@ -377,8 +392,7 @@ class leveler {
   // waiting for a backend.
   // Memory ordering: the handler's construction happens-before its first call.
   template <class H>
-    requires job_handler<H, Job>
-  backend_id add_backend(H&& handler, backend_options bo = {}) {
+  requires job_handler<H, Job> backend_id add_backend(H&& handler, backend_options bo = {}) {
     auto b = std::make_shared<detail::leveler_backend<Job>>(opts_.workers + 1);
     b->handler = std::make_unique<detail::leveler_handler<Job, std::decay_t<H>>>(std::forward<H>(handler));
     std::lock_guard lock(backends_mutex_);
@@ -434,12 +448,15 @@ class leveler {
   //
   // Memory ordering: an accepted job's submission happens-before the start of
   // its handler (and of the dead-letter sink call for it).
-  [[nodiscard]] submit_result<Job> try_submit(Job job) { return submit_impl(std::move(job), {}, overflow_policy::reject, no_limit()); }
+  [[nodiscard]] submit_result<Job> try_submit(Job job) {
+    return submit_impl(std::move(job), {}, overflow_policy::reject, no_limit());
+  }
   [[nodiscard]] submit_result<Job> try_submit(Job job, std::uint64_t key) {
     return submit_impl(std::move(job), job_options{key, std::nullopt}, overflow_policy::reject, no_limit());
   }
   [[nodiscard]] submit_result<Job> try_submit(Job job, time_point deadline) {
-    return submit_impl(std::move(job), job_options{std::nullopt, deadline}, overflow_policy::reject, no_limit());
+    return submit_impl(std::move(job), job_options{std::nullopt, deadline}, overflow_policy::reject,
+                       no_limit());
   }
   [[nodiscard]] submit_result<Job> try_submit(Job job, std::uint64_t key, time_point deadline) {
     return submit_impl(std::move(job), job_options{key, deadline}, overflow_policy::reject, no_limit());
@@ -476,7 +493,8 @@ class leveler {
   // As submit(), but a `block` wait gives up with `timeout` after `timeout`
   // (resp. at `until`, a time on the leveler's clock; not the job's deadline).
   template <class Rep, class Per>
-  [[nodiscard]] submit_result<Job> submit_for(Job job, std::chrono::duration<Rep, Per> timeout, const job_options& jo = {}) {
+  [[nodiscard]] submit_result<Job> submit_for(Job job, std::chrono::duration<Rep, Per> timeout,
+                                              const job_options& jo = {}) {
     return submit_until(std::move(job), clock_.now() + std::chrono::duration_cast<duration>(timeout), jo);
   }
   [[nodiscard]] submit_result<Job> submit_until(Job job, time_point until, const job_options& jo = {}) {
@@ -516,7 +534,9 @@ class leveler {
     return drain_until(clock_.now() + std::chrono::duration_cast<duration>(timeout));
   }
   [[nodiscard]] bool drain_until(time_point until) {
-    if (in_handler()) throw std::logic_error("levee::leveler::drain: called from a handler of the same leveler (would wait for itself)");
+    if (in_handler())
+      throw std::logic_error(
+          "levee::leveler::drain: called from a handler of the same leveler (would wait for itself)");
     if (opts_.workers == 0) return simulate_until(until, true);
     for (;;) {
       if (outstanding() == 0) return true;
@@ -589,8 +609,7 @@ class leveler {
   // event (token due, retry due) while it is <= t, and finally sets the clock
   // to t (never backwards). Requires a settable clock such as manual_clock.
   // Returns the number of jobs that reached dispatch.
-  std::size_t run_until(time_point t)
-    requires requires(Clock& c, time_point tp) { c.set(tp); }
+  std::size_t run_until(time_point t) requires requires(Clock& c, time_point tp) { c.set(tp); }
   {
     require_simulation("run_until");
     std::size_t n = 0;
@@ -604,7 +623,8 @@ class leveler {
   // when nothing else is waiting), or nullopt if it waits for nothing timed
   // (idle, or for a backend / concurrency slot).
   [[nodiscard]] std::optional<time_point> next_event() const {
-    if (sim_wait_.kind == progress::progressed || sim_wait_.kind == progress::wait_capacity) return std::nullopt;
+    if (sim_wait_.kind == progress::progressed || sim_wait_.kind == progress::wait_capacity)
+      return std::nullopt;
     if (sim_wait_.until == time_point::max()) return std::nullopt;
     return sim_wait_.until;
   }
@@ -626,7 +646,8 @@ class leveler {
   // (or when the limit is adaptive).
   void set_concurrency_limit(std::size_t limit) {
     if (!concurrency_ || is_adaptive())
-      throw std::logic_error("levee::leveler::set_concurrency_limit: the leveler has no fixed concurrency limit");
+      throw std::logic_error(
+          "levee::leveler::set_concurrency_limit: the leveler has no fixed concurrency limit");
     concurrency_->set_limit(limit);
     work_.notify_always();
   }
@@ -692,7 +713,8 @@ class leveler {
   static constexpr std::size_t batch_max = 32;
   static constexpr std::int64_t batch_service_limit_ns = 5000;
 
-  static_assert(std::is_nothrow_move_constructible_v<envelope>, "levee: batches need envelopes that move without throwing");
+  static_assert(std::is_nothrow_move_constructible_v<envelope>,
+                "levee: batches need envelopes that move without throwing");
 
   struct retry_item {
     std::int64_t ready_ns;
@@ -743,15 +765,16 @@ class leveler {
   struct worker_ctx {
     explicit worker_ctx(std::uint64_t seed) : rng(seed), pick_rng(seed ^ 0x9e3779b97f4a7c15ULL) {}
     std::optional<envelope> held;  // popped, waiting for a gate
-    detail::leveler_batch<envelope, batch_max> batch;  // taken from the queue together, not started yet (see take_batch)
-    std::int64_t last_service_ns = 0;                  // of the last job this context ran
+    detail::leveler_batch<envelope, batch_max>
+        batch;                         // taken from the queue together, not started yet (see take_batch)
+    std::int64_t last_service_ns = 0;  // of the last job this context ran
     // The lease of the job this context ran last, kept (feedback recorded)
     // while it keeps finding work: the next pick reuses it when it lands on
     // the same backend (balancer::try_pick_keeping). Released whenever the
     // context stops progressing.
     std::optional<typename balancer_type::lease> kept;
-    detail::leveler_rng rng;       // backoff jitter
-    levee::rng pick_rng;           // the strategy's randomness (deterministic per seed in simulation)
+    detail::leveler_rng rng;  // backoff jitter
+    levee::rng pick_rng;      // the strategy's randomness (deterministic per seed in simulation)
     stats_shard* shard = nullptr;
   };
 
@@ -764,22 +787,26 @@ class leveler {
   // ------------------------------------------------------- validation --
   static options validate(options o) {
     if (o.capacity == 0) throw std::invalid_argument("levee::leveler: options.capacity must be > 0, got 0");
-    if (o.retry.max_attempts == 0) throw std::invalid_argument("levee::leveler: options.retry.max_attempts must be >= 1, got 0");
+    if (o.retry.max_attempts == 0)
+      throw std::invalid_argument("levee::leveler: options.retry.max_attempts must be >= 1, got 0");
     if (o.retry.base_backoff.count() < 0)
       throw std::invalid_argument("levee::leveler: options.retry.base_backoff must be >= 0, got " +
                                   std::to_string(o.retry.base_backoff.count()) + " ns");
     if (o.retry.max_backoff < o.retry.base_backoff)
-      throw std::invalid_argument("levee::leveler: options.retry.max_backoff (" + std::to_string(o.retry.max_backoff.count()) +
-                                  " ns) must be >= base_backoff (" + std::to_string(o.retry.base_backoff.count()) + " ns)");
+      throw std::invalid_argument(
+          "levee::leveler: options.retry.max_backoff (" + std::to_string(o.retry.max_backoff.count()) +
+          " ns) must be >= base_backoff (" + std::to_string(o.retry.base_backoff.count()) + " ns)");
     if (!(o.retry.budget_ratio >= 0.0) || std::isinf(o.retry.budget_ratio))
       throw std::invalid_argument("levee::leveler: options.retry.budget_ratio must be finite and >= 0, got " +
                                   std::to_string(o.retry.budget_ratio));
     if (o.default_deadline && *o.default_deadline <= duration::zero())
-      throw std::invalid_argument("levee::leveler: options.default_deadline must be > 0, got " +
-                                  std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) + " ns");
+      throw std::invalid_argument(
+          "levee::leveler: options.default_deadline must be > 0, got " +
+          std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) +
+          " ns");
     if (o.adaptive && o.max_concurrency != 0)
-      throw std::invalid_argument("levee::leveler: set either options.max_concurrency (" + std::to_string(o.max_concurrency) +
-                                  ") or options.adaptive, not both");
+      throw std::invalid_argument("levee::leveler: set either options.max_concurrency (" +
+                                  std::to_string(o.max_concurrency) + ") or options.adaptive, not both");
     return o;
   }
 
@@ -800,16 +827,20 @@ class leveler {
   // one interval at rates below 10k/s). Always < b / 2.
   static std::uint64_t jitter_reserve(const levee::rate& r) {
     if (auto_burst(r) <= 2) return 0;
-    return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0)));
+    return std::max<std::uint64_t>(1,
+                                   static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0)));
   }
 
   void require_simulation(const char* fn) const {
     if (opts_.workers != 0)
-      throw std::logic_error(std::string("levee::leveler::") + fn + ": only in simulation mode (options.workers == 0), workers = " +
-                             std::to_string(opts_.workers));
+      throw std::logic_error(
+          std::string("levee::leveler::") + fn +
+          ": only in simulation mode (options.workers == 0), workers = " + std::to_string(opts_.workers));
   }
   auto& require_limiter(const char* fn) {
-    if (!limiter_) throw std::logic_error(std::string("levee::leveler::") + fn + ": the leveler has no rate gate (options.rate)");
+    if (!limiter_)
+      throw std::logic_error(std::string("levee::leveler::") + fn +
+                             ": the leveler has no rate gate (options.rate)");
     return *limiter_;
   }
 
@@ -850,18 +881,28 @@ class leveler {
   [[nodiscard]] std::uint64_t accepted_total() const noexcept { return queue_.push_count(); }
   [[nodiscard]] std::uint64_t submitted_total() const noexcept {
     return accepted_total() + door_.rejected_full.load(std::memory_order_relaxed) +
-           door_.rejected_closed.load(std::memory_order_relaxed) + door_.rejected_deadline.load(std::memory_order_relaxed) +
+           door_.rejected_closed.load(std::memory_order_relaxed) +
+           door_.rejected_deadline.load(std::memory_order_relaxed) +
            door_.rejected_timeout.load(std::memory_order_relaxed);
   }
 
   submit_result<Job> reject(Job&& job, submit_status s) {
     auto& door = door_;
     switch (s) {
-      case submit_status::full: door.rejected_full.fetch_add(1, std::memory_order_relaxed); break;
-      case submit_status::closed: door.rejected_closed.fetch_add(1, std::memory_order_relaxed); break;
-      case submit_status::would_miss_deadline: door.rejected_deadline.fetch_add(1, std::memory_order_relaxed); break;
-      case submit_status::timeout: door.rejected_timeout.fetch_add(1, std::memory_order_relaxed); break;
-      case submit_status::accepted: break;
+      case submit_status::full:
+        door.rejected_full.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case submit_status::closed:
+        door.rejected_closed.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case submit_status::would_miss_deadline:
+        door.rejected_deadline.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case submit_status::timeout:
+        door.rejected_timeout.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case submit_status::accepted:
+        break;
     }
     return submit_result<Job>{s, std::optional<Job>(std::move(job))};
   }
@@ -898,7 +939,8 @@ class leveler {
     if (opts_.workers != 0 && (accepted_total() & 63) != 0) return;
     const std::uint64_t now_out = outstanding();
     std::uint64_t peak = outstanding_peak_.load(std::memory_order_relaxed);
-    while (now_out > peak && !outstanding_peak_.compare_exchange_weak(peak, now_out, std::memory_order_relaxed)) {
+    while (now_out > peak &&
+           !outstanding_peak_.compare_exchange_weak(peak, now_out, std::memory_order_relaxed)) {
     }
   }
   // A job reached its final state (already counted in shard s). Workers do
@@ -985,7 +1027,8 @@ class leveler {
   // handler while a worker is free. Batched jobs count in queue_depth and
   // are cancelled by stop() like queued ones.
   [[nodiscard]] bool batch_allowed(const worker_ctx& c) const noexcept {
-    return batching_ && c.last_service_ns < batch_service_limit_ns && !backend_limits_.load(std::memory_order_relaxed);
+    return batching_ && c.last_service_ns < batch_service_limit_ns &&
+           !backend_limits_.load(std::memory_order_relaxed);
   }
   std::optional<envelope> take_batch(worker_ctx& c) {
     const std::size_t n =
@@ -1040,10 +1083,18 @@ class leveler {
 
   void dead_letter(stats_shard& s, envelope&& env, dead_letter_reason reason) noexcept {
     switch (reason) {
-      case dead_letter_reason::failed: s.inc(s.dl_failed, std::memory_order_release); break;
-      case dead_letter_reason::expired: s.inc(s.dl_expired, std::memory_order_release); break;
-      case dead_letter_reason::dropped: s.inc(s.dl_dropped, std::memory_order_release); break;
-      case dead_letter_reason::cancelled: s.inc(s.dl_cancelled, std::memory_order_release); break;
+      case dead_letter_reason::failed:
+        s.inc(s.dl_failed, std::memory_order_release);
+        break;
+      case dead_letter_reason::expired:
+        s.inc(s.dl_expired, std::memory_order_release);
+        break;
+      case dead_letter_reason::dropped:
+        s.inc(s.dl_dropped, std::memory_order_release);
+        break;
+      case dead_letter_reason::cancelled:
+        s.inc(s.dl_cancelled, std::memory_order_release);
+        break;
     }
     if (opts_.dead_letter) {
       try {
@@ -1083,7 +1134,8 @@ class leveler {
       retry_count_.store(0, std::memory_order_relaxed);
       next_retry_ns_.store(no_retry, std::memory_order_release);
     }
-    std::sort(pending.begin(), pending.end(), [](const retry_item& a, const retry_item& b) { return retry_later(b, a); });
+    std::sort(pending.begin(), pending.end(),
+              [](const retry_item& a, const retry_item& b) { return retry_later(b, a); });
     for (auto& r : pending) dead_letter(s, std::move(r.env), dead_letter_reason::cancelled);
   }
 
@@ -1149,7 +1201,8 @@ class leveler {
       lease = pick(c, env);
     }
     if (!lease) return hold(progress::wait_capacity, time_point::max());
-    if (limiter_ && !limiter_->try_acquire(1, now)) return hold(progress::wait_rate, limiter_->available_at(1, now));
+    if (limiter_ && !limiter_->try_acquire(1, now))
+      return hold(progress::wait_rate, limiter_->available_at(1, now));
     return {progress::progressed, run(c, std::move(env), std::move(*lease), std::move(permit), now)};
   }
 
@@ -1170,8 +1223,8 @@ class leveler {
   }
 
   // Runs one attempt and returns the time it ended.
-  time_point run(worker_ctx& c, envelope&& env, typename balancer_type::lease&& lease_in, std::optional<levee::permit>&& permit,
-                 time_point start) {
+  time_point run(worker_ctx& c, envelope&& env, typename balancer_type::lease&& lease_in,
+                 std::optional<levee::permit>&& permit, time_point start) {
     typename balancer_type::lease lease = std::move(lease_in);
     stats_shard& s = shard_of(c);
     const std::int64_t start_ns = to_ns(start);
@@ -1198,7 +1251,8 @@ class leveler {
     // `end` is also the next decision's "now": a real reading when a rate
     // gate or this job's deadline (retry scheduling) depends on it.
     const time_point end = limiter_ || env.deadline != time_point::max() ? clock_.now() : measure_now();
-    const auto service = std::max(std::chrono::nanoseconds{0}, std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
+    const auto service = std::max(std::chrono::nanoseconds{0},
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
     s.record(s.service, static_cast<std::uint64_t>(service.count()));
     c.last_service_ns = service.count();
     const backend_id id = lease.id();
@@ -1244,7 +1298,8 @@ class leveler {
 
   [[nodiscard]] std::uint64_t in_flight_total() const noexcept {
     std::uint64_t n = 0;
-    for (std::size_t i = 0; i <= opts_.workers; ++i) n += shards_[i].in_flight.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i <= opts_.workers; ++i)
+      n += shards_[i].in_flight.load(std::memory_order_relaxed);
     return n;
   }
 
@@ -1257,7 +1312,8 @@ class leveler {
       dead_letter(s, std::move(env), dead_letter_reason::failed);
       return;
     }
-    const auto delay = detail::leveler_backoff(opts_.retry.base_backoff, opts_.retry.max_backoff, env.attempts, c.rng);
+    const auto delay =
+        detail::leveler_backoff(opts_.retry.base_backoff, opts_.retry.max_backoff, env.attempts, c.rng);
     const time_point ready = now + std::chrono::duration_cast<duration>(delay);
     if (ready > env.deadline) {
       dead_letter(s, std::move(env), dead_letter_reason::failed);
@@ -1330,7 +1386,8 @@ class leveler {
       }
       // Backends also become eligible with time (ejection expiry), which
       // nobody notifies: re-check a held job at least every capacity_poll.
-      if (r.kind == progress::wait_capacity) r.until = now + std::chrono::duration_cast<duration>(capacity_poll);
+      if (r.kind == progress::wait_capacity)
+        r.until = now + std::chrono::duration_cast<duration>(capacity_poll);
       work_.wait_until(ticket, r.until);
       now = clock_.now();
     }
@@ -1362,8 +1419,9 @@ class leveler {
       const auto next = next_event();
       if (!next) {
         if (until_drained && sim_wait_.kind != progress::idle)
-          throw std::logic_error("levee::leveler::drain: jobs are outstanding but can never be dispatched "
-                                 "(no backend, or every backend is saturated)");
+          throw std::logic_error(
+              "levee::leveler::drain: jobs are outstanding but can never be dispatched "
+              "(no backend, or every backend is saturated)");
         if (until_drained && outstanding() != 0)
           throw std::logic_error("levee::leveler::drain: jobs are outstanding but nothing can move them");
         return outstanding() == 0;
@@ -1372,7 +1430,7 @@ class leveler {
       const time_point now = clock_.now();
       if (*next <= now && k == 0) return outstanding() == 0;  // no progress possible
       if (*next > now) {
-        if constexpr (requires(Clock& ck, time_point tp) { ck.set(tp); }) {
+        if constexpr (requires(Clock & ck, time_point tp) { ck.set(tp); }) {
           clock_.set(*next);
         } else {
           sleeper<Clock> zz(clock_);
@@ -1393,7 +1451,8 @@ class leveler {
   [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
   detail::leveler_retry_budget budget_;
   detail::leveler_arrival_log arrivals_;
-  std::atomic<std::uint64_t> auto_burst_{0};  // the automatic burst b while in use (see jitter_reserve), else 0
+  std::atomic<std::uint64_t> auto_burst_{
+      0};  // the automatic burst b while in use (see jitter_reserve), else 0
 
   mutable std::mutex backends_mutex_;
   std::unordered_map<backend_id, std::shared_ptr<detail::leveler_backend<Job>>> backends_;
@@ -1407,7 +1466,8 @@ class leveler {
 
   struct alignas(detail::false_sharing_range) door_counters {
     // (accepted: the ingress queue's push count, see accepted_total)
-    std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0}, rejected_timeout{0};
+    std::atomic<std::uint64_t> rejected_full{0}, rejected_closed{0}, rejected_deadline{0},
+        rejected_timeout{0};
   } door_;
   std::atomic<std::uint64_t> outstanding_peak_{0};
   bool batching_ = false;
@@ -1463,7 +1523,6 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   m.rejected.timeout = door_.rejected_timeout.load(std::memory_order_relaxed);
   m.submitted = m.accepted + m.rejected.total();
 
-
   m.queue_depth = queue_.size_approx();
   for (const auto& c : ctxs_) m.queue_depth += c->batch.size_approx();
   m.queue_capacity = opts_.capacity;
@@ -1507,7 +1566,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
       m.backends.push_back(b);
     }
   }
-  std::sort(m.backends.begin(), m.backends.end(), [](const backend_metrics& a, const backend_metrics& b) { return a.id < b.id; });
+  std::sort(m.backends.begin(), m.backends.end(),
+            [](const backend_metrics& a, const backend_metrics& b) { return a.id < b.id; });
 
   // Rates over the last second (10 whole 100 ms slots plus the current one),
   // never over more time than the leveler has existed.
@@ -1529,7 +1589,8 @@ metrics_snapshot leveler<Job, Strategy, Clock>::metrics() const {
   if (backlog == 0) {
     m.drain_eta = std::chrono::nanoseconds{0};
   } else if (m.drain_rate > m.arrival_rate) {
-    m.drain_eta = std::chrono::nanoseconds{static_cast<std::int64_t>(backlog / (m.drain_rate - m.arrival_rate) * 1e9)};
+    m.drain_eta =
+        std::chrono::nanoseconds{static_cast<std::int64_t>(backlog / (m.drain_rate - m.arrival_rate) * 1e9)};
   } else {
     m.drain_eta = std::nullopt;
     m.trailing_behind = true;

@@ -3,14 +3,13 @@
 // and its rendering in the Prometheus text exposition format.
 #pragma once
 
-#include <levee/detail/metrics_histogram.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <levee/detail/metrics_histogram.hpp>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -66,7 +65,8 @@ class histogram_snapshot {
   // Throws std::invalid_argument unless 0 <= q <= 1.
   [[nodiscard]] std::chrono::nanoseconds quantile(double q) const {
     if (!(q >= 0.0 && q <= 1.0))
-      throw std::invalid_argument("levee::histogram_snapshot::quantile: q must be in [0, 1], got " + std::to_string(q));
+      throw std::invalid_argument("levee::histogram_snapshot::quantile: q must be in [0, 1], got " +
+                                  std::to_string(q));
     if (count_ == 0) return std::chrono::nanoseconds{0};
     auto rank = static_cast<std::uint64_t>(std::ceil(q * static_cast<double>(count_)));
     rank = std::clamp<std::uint64_t>(rank, 1, count_);
@@ -117,14 +117,14 @@ struct backend_metrics {
   std::uint64_t id = 0;
   double weight = 0;
   std::uint32_t tier = 0;
-  std::size_t in_flight = 0;        // leases held right now
-  std::size_t max_in_flight = 0;    // 0 = unlimited
-  std::uint64_t started = 0;        // handler invocations on this backend
+  std::size_t in_flight = 0;      // leases held right now
+  std::size_t max_in_flight = 0;  // 0 = unlimited
+  std::uint64_t started = 0;      // handler invocations on this backend
   std::uint64_t succeeded = 0;
   std::uint64_t failed = 0;
   std::chrono::nanoseconds latency_ewma{0};
-  bool ejected = false;             // outlier ejection in effect
-  bool healthy = true;              // as set by set_healthy()
+  bool ejected = false;  // outlier ejection in effect
+  bool healthy = true;   // as set by set_healthy()
 };
 
 // A point-in-time view of a leveler. Counters are monotonic since
@@ -132,42 +132,43 @@ struct backend_metrics {
 // individually consistent, the set is not an atomic snapshot).
 struct metrics_snapshot {
   // --- counters
-  std::uint64_t submitted = 0;   // submit attempts (accepted + rejected)
+  std::uint64_t submitted = 0;  // submit attempts (accepted + rejected)
   std::uint64_t accepted = 0;
   rejection_counts rejected;
-  std::uint64_t started = 0;     // handler invocations, retries included
-  std::uint64_t succeeded = 0;   // jobs that ended successfully (final state)
-  std::uint64_t failed = 0;      // handler invocations that failed (threw or returned failure)
-  std::uint64_t retried = 0;     // failures that were scheduled for another attempt
+  std::uint64_t started = 0;    // handler invocations, retries included
+  std::uint64_t succeeded = 0;  // jobs that ended successfully (final state)
+  std::uint64_t failed = 0;     // handler invocations that failed (threw or returned failure)
+  std::uint64_t retried = 0;    // failures that were scheduled for another attempt
   std::uint64_t retries_denied_by_budget = 0;
   dead_letter_counts dead_lettered;
   std::uint64_t dead_letter_sink_errors = 0;  // exceptions thrown by the dead-letter sink (swallowed)
 
   // --- gauges
-  std::size_t queue_depth = 0;       // jobs accepted and not started: in the ingress queue or a worker's batch (approximate under concurrency)
+  std::size_t queue_depth = 0;  // jobs accepted and not started: in the ingress queue or a worker's batch
+                                // (approximate under concurrency)
   std::size_t queue_capacity = 0;
-  std::size_t retry_pending = 0;     // failed jobs waiting for their backoff to elapse
-  std::size_t in_flight = 0;         // handlers running now
-  std::uint64_t outstanding = 0;     // accepted jobs not yet in a final state
+  std::size_t retry_pending = 0;       // failed jobs waiting for their backoff to elapse
+  std::size_t in_flight = 0;           // handlers running now
+  std::uint64_t outstanding = 0;       // accepted jobs not yet in a final state
   std::uint64_t outstanding_peak = 0;  // high-water mark of outstanding (exact in simulation mode,
                                        // sampled every 64th acceptance with worker threads)
-  std::optional<double> rate_limit;  // permits per second; nullopt = no rate gate
+  std::optional<double> rate_limit;    // permits per second; nullopt = no rate gate
   std::uint64_t burst = 0;
   std::optional<std::size_t> concurrency_limit;  // nullopt = no concurrency gate
-  std::size_t workers = 0;           // 0 = simulation mode
+  std::size_t workers = 0;                       // 0 = simulation mode
   std::size_t ejected_backends = 0;
   std::vector<backend_metrics> backends;
   bool closed = false;
   bool stopped = false;
 
   // --- histograms
-  histogram_snapshot dwell_time;     // ready (enqueued, or retry backoff elapsed) -> handler start
-  histogram_snapshot service_time;   // handler start -> handler return
+  histogram_snapshot dwell_time;    // ready (enqueued, or retry backoff elapsed) -> handler start
+  histogram_snapshot service_time;  // handler start -> handler return
 
   // --- rate estimates (per second, over the last second of the leveler's clock)
-  double arrival_rate = 0;    // submit attempts per second
-  double dispatch_rate = 0;   // handler starts per second
-  double drain_rate = 0;      // the rate limit when set, otherwise the measured dispatch rate
+  double arrival_rate = 0;   // submit attempts per second
+  double dispatch_rate = 0;  // handler starts per second
+  double drain_rate = 0;     // the rate limit when set, otherwise the measured dispatch rate
   // Time until the backlog is gone at the current drain and arrival rates:
   // backlog / (drain_rate - arrival_rate); zero when there is no backlog,
   // nullopt when the backlog is not shrinking (see trailing_behind).
@@ -180,9 +181,12 @@ struct metrics_snapshot {
 namespace detail {
 
 inline void metrics_check_prefix(std::string_view prefix) {
-  auto ok_first = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':'; };
+  auto ok_first = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+  };
   auto ok_rest = [&](char c) { return ok_first(c) || (c >= '0' && c <= '9'); };
-  bool ok = !prefix.empty() && ok_first(prefix.front()) && std::all_of(prefix.begin() + 1, prefix.end(), ok_rest);
+  bool ok =
+      !prefix.empty() && ok_first(prefix.front()) && std::all_of(prefix.begin() + 1, prefix.end(), ok_rest);
   if (!ok)
     throw std::invalid_argument("levee::to_prometheus: prefix \"" + std::string(prefix) +
                                 "\" is not a valid Prometheus metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)");
@@ -283,13 +287,15 @@ class metrics_writer {
   w.counter("jobs_succeeded_total", "Jobs that ended successfully.", m.succeeded);
   w.counter("jobs_failed_total", "Handler invocations that failed.", m.failed);
   w.counter("jobs_retried_total", "Failures scheduled for another attempt.", m.retried);
-  w.counter("retries_denied_by_budget_total", "Retries refused by the retry budget.", m.retries_denied_by_budget);
+  w.counter("retries_denied_by_budget_total", "Retries refused by the retry budget.",
+            m.retries_denied_by_budget);
   w.family("jobs_dead_lettered_total", "counter", "Jobs handed to the dead-letter sink, by reason.");
   w.sample("jobs_dead_lettered_total", "reason=\"failed\"", m.dead_lettered.failed);
   w.sample("jobs_dead_lettered_total", "reason=\"expired\"", m.dead_lettered.expired);
   w.sample("jobs_dead_lettered_total", "reason=\"dropped\"", m.dead_lettered.dropped);
   w.sample("jobs_dead_lettered_total", "reason=\"cancelled\"", m.dead_lettered.cancelled);
-  w.counter("dead_letter_sink_errors_total", "Exceptions thrown by the dead-letter sink.", m.dead_letter_sink_errors);
+  w.counter("dead_letter_sink_errors_total", "Exceptions thrown by the dead-letter sink.",
+            m.dead_letter_sink_errors);
 
   w.gauge("queue_depth", "Jobs waiting in the ingress queue.", std::to_string(m.queue_depth));
   w.gauge("queue_capacity", "Capacity of the ingress queue.", std::to_string(m.queue_capacity));
@@ -314,22 +320,27 @@ class metrics_writer {
     w.family("backend_weight", "gauge", "Weight of a backend.");
     for (const auto& b : m.backends) w.sample("backend_weight", label(b), metrics_number(b.weight));
     w.family("backend_ejected", "gauge", "1 if a backend is ejected as an outlier.");
-    for (const auto& b : m.backends) w.sample("backend_ejected", label(b), std::uint64_t{b.ejected ? 1u : 0u});
+    for (const auto& b : m.backends)
+      w.sample("backend_ejected", label(b), std::uint64_t{b.ejected ? 1u : 0u});
     w.family("backend_latency_ewma_seconds", "gauge", "Latency EWMA of a backend.");
-    for (const auto& b : m.backends) w.sample("backend_latency_ewma_seconds", label(b), metrics_seconds(b.latency_ewma));
+    for (const auto& b : m.backends)
+      w.sample("backend_latency_ewma_seconds", label(b), metrics_seconds(b.latency_ewma));
     w.family("backend_started_total", "counter", "Handler invocations on a backend.");
     for (const auto& b : m.backends) w.sample("backend_started_total", label(b), b.started);
     w.family("backend_failed_total", "counter", "Failed handler invocations on a backend.");
     for (const auto& b : m.backends) w.sample("backend_failed_total", label(b), b.failed);
   }
 
-  w.summary("queue_dwell_seconds", "Time from ready (enqueued or backoff elapsed) to handler start.", m.dwell_time);
+  w.summary("queue_dwell_seconds", "Time from ready (enqueued or backoff elapsed) to handler start.",
+            m.dwell_time);
   w.gauge("queue_dwell_max_seconds", "Largest queue dwell time.", metrics_seconds(m.dwell_time.max()));
   w.summary("service_seconds", "Handler run time.", m.service_time);
   w.gauge("service_max_seconds", "Largest handler run time.", metrics_seconds(m.service_time.max()));
 
-  w.gauge("arrival_rate_per_second", "Submit attempts per second over the last second.", metrics_number(m.arrival_rate));
-  w.gauge("dispatch_rate_per_second", "Handler starts per second over the last second.", metrics_number(m.dispatch_rate));
+  w.gauge("arrival_rate_per_second", "Submit attempts per second over the last second.",
+          metrics_number(m.arrival_rate));
+  w.gauge("dispatch_rate_per_second", "Handler starts per second over the last second.",
+          metrics_number(m.dispatch_rate));
   w.gauge("drain_rate_per_second", "Rate at which the backlog drains.", metrics_number(m.drain_rate));
   w.gauge("drain_eta_seconds", "Estimated time until the backlog is gone (+Inf when it is not shrinking).",
           m.drain_eta ? metrics_seconds(*m.drain_eta) : std::string("+Inf"));

@@ -18,9 +18,6 @@
 // then park on an event count (detail/wait.hpp): a futex on Linux.
 #pragma once
 
-#include <levee/detail/cache.hpp>
-#include <levee/detail/wait.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -28,6 +25,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <levee/detail/cache.hpp>
+#include <levee/detail/wait.hpp>
 #include <limits>
 #include <memory>
 #include <new>
@@ -53,12 +52,13 @@ template <class T, class Allocator = std::allocator<T>>
 class mpmc_queue {
   static_assert(std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T> && !std::is_array_v<T>,
                 "levee::mpmc_queue<T>: T must be a non-const, non-volatile, non-array object type");
-  static_assert(std::is_nothrow_move_constructible_v<T>,
-                "levee::mpmc_queue<T>: T's move constructor must be noexcept. A push claims its slot before the "
-                "element is moved in and a pop releases its slot after moving it out; a throwing move there would "
-                "leave a slot that can never be published. Make the move constructor noexcept or store "
-                "std::unique_ptr<T> instead (copying and emplacing constructors may throw: they run before the "
-                "slot is claimed)");
+  static_assert(
+      std::is_nothrow_move_constructible_v<T>,
+      "levee::mpmc_queue<T>: T's move constructor must be noexcept. A push claims its slot before the "
+      "element is moved in and a pop releases its slot after moving it out; a throwing move there would "
+      "leave a slot that can never be published. Make the move constructor noexcept or store "
+      "std::unique_ptr<T> instead (copying and emplacing constructors may throw: they run before the "
+      "slot is claimed)");
   static_assert(std::is_nothrow_destructible_v<T>, "levee::mpmc_queue<T>: T's destructor must be noexcept");
 
  public:
@@ -135,7 +135,7 @@ class mpmc_queue {
   // element is constructed first (rvalue args are then consumed even when
   // the push fails); otherwise args are untouched on failure.
   template <class... Args>
-    requires std::is_constructible_v<T, Args&&...>
+  requires std::is_constructible_v<T, Args&&...>
   [[nodiscard]] bool try_emplace(Args&&... args) {
     if constexpr (std::is_nothrow_constructible_v<T, Args&&...>) {
       return try_(push_op([&](void* p) noexcept { ::new (p) T(std::forward<Args>(args)...); }));
@@ -146,9 +146,7 @@ class mpmc_queue {
   }
 
   // Move-assigns the oldest element into `out`. On failure `out` is untouched.
-  [[nodiscard]] bool try_pop(T& out)
-    requires std::is_move_assignable_v<T>
-  {
+  [[nodiscard]] bool try_pop(T& out) requires std::is_move_assignable_v<T> {
     return pop_into(out, [&](auto&& op) { return try_(op); });
   }
   [[nodiscard]] std::optional<T> try_pop() {
@@ -185,7 +183,7 @@ class mpmc_queue {
     return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(value)); })) == queue_status::ok;
   }
   template <class... Args>
-    requires std::is_constructible_v<T, Args&&...>
+  requires std::is_constructible_v<T, Args&&...>
   bool emplace(Args&&... args) {
     if constexpr (std::is_nothrow_constructible_v<T, Args&&...>) {
       return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::forward<Args>(args)...); })) ==
@@ -197,9 +195,7 @@ class mpmc_queue {
   }
 
   // Returns false only when the queue is closed and drained.
-  bool pop(T& out)
-    requires std::is_move_assignable_v<T>
-  {
+  bool pop(T& out) requires std::is_move_assignable_v<T> {
     return pop_into(out, [&](auto&& op) { return block_pop(op) == queue_status::ok; });
   }
   // Returns std::nullopt only when the queue is closed and drained.
@@ -233,12 +229,14 @@ class mpmc_queue {
     return try_push_until(value, deadline_after(timeout));
   }
   template <class Clock, class Duration>
-  [[nodiscard]] queue_status try_push_until(T&& value, const std::chrono::time_point<Clock, Duration>& deadline) {
+  [[nodiscard]] queue_status try_push_until(T&& value,
+                                            const std::chrono::time_point<Clock, Duration>& deadline) {
     const auto d = detail::saturate_deadline(deadline);
     return block_push(push_op([&](void* p) noexcept { ::new (p) T(std::move(value)); }), &d);
   }
   template <class Clock, class Duration>
-  [[nodiscard]] queue_status try_push_until(const T& value, const std::chrono::time_point<Clock, Duration>& deadline) {
+  [[nodiscard]] queue_status try_push_until(const T& value,
+                                            const std::chrono::time_point<Clock, Duration>& deadline) {
     const auto d = detail::saturate_deadline(deadline);
     if constexpr (std::is_nothrow_copy_constructible_v<T>) {
       return block_push(push_op([&](void* p) noexcept { ::new (p) T(value); }), &d);
@@ -249,15 +247,14 @@ class mpmc_queue {
   }
 
   template <class Rep, class Period>
-  [[nodiscard]] queue_status try_pop_for(T& out, const std::chrono::duration<Rep, Period>& timeout)
-    requires std::is_move_assignable_v<T>
-  {
+  [[nodiscard]] queue_status try_pop_for(
+      T& out, const std::chrono::duration<Rep, Period>& timeout) requires std::is_move_assignable_v<T> {
     return try_pop_until(out, deadline_after(timeout));
   }
   template <class Clock, class Duration>
-  [[nodiscard]] queue_status try_pop_until(T& out, const std::chrono::time_point<Clock, Duration>& deadline)
-    requires std::is_move_assignable_v<T>
-  {
+  [[nodiscard]] queue_status try_pop_until(
+      T& out,
+      const std::chrono::time_point<Clock, Duration>& deadline) requires std::is_move_assignable_v<T> {
     queue_status status = queue_status::empty;
     const auto d = detail::saturate_deadline(deadline);
     (void)pop_into(out, [&](auto&& op) {
@@ -277,7 +274,7 @@ class mpmc_queue {
   // (checked); incrementing/dereferencing `first` must not throw.
   // Non-blocking, spurious failure and memory ordering: as for try_push.
   template <std::input_iterator It>
-    requires std::is_nothrow_constructible_v<T, std::iter_reference_t<It>>
+  requires std::is_nothrow_constructible_v<T, std::iter_reference_t<It>>
   [[nodiscard]] size_type try_push_bulk(It first, size_type count) {
     if (count == 0) return 0;
     std::uint64_t tail = prod_.tail.load(std::memory_order_relaxed);
@@ -296,7 +293,8 @@ class mpmc_queue {
         tail = again;
         continue;
       }
-      if (prod_.tail.compare_exchange_weak(tail, pos, std::memory_order_relaxed, std::memory_order_relaxed)) break;
+      if (prod_.tail.compare_exchange_weak(tail, pos, std::memory_order_relaxed, std::memory_order_relaxed))
+        break;
     }
     std::uint64_t pos = tail;
     for (std::uint64_t i = 0; i < n; ++i, ++first) {
@@ -305,8 +303,10 @@ class mpmc_queue {
       publish(s, pos + 1);
       pos = next_position(pos);
     }
-    if (n == 1) prod_.not_empty.notify_one(consts_.asymmetric);
-    else prod_.not_empty.notify_all(consts_.asymmetric);
+    if (n == 1)
+      prod_.not_empty.notify_one(consts_.asymmetric);
+    else
+      prod_.not_empty.notify_all(consts_.asymmetric);
     return static_cast<size_type>(n);
   }
 
@@ -317,7 +317,7 @@ class mpmc_queue {
   // exception propagates: the queue stays consistent.
   // Non-blocking, spurious failure and memory ordering: as for try_pop.
   template <class OutputIt>
-    requires std::output_iterator<OutputIt, T&&>
+  requires std::output_iterator<OutputIt, T&&>
   [[nodiscard]] size_type try_pop_bulk(OutputIt out, size_type max_count) {
     if (max_count == 0) return 0;
     std::uint64_t head = cons_.head.load(std::memory_order_relaxed);
@@ -335,7 +335,8 @@ class mpmc_queue {
         head = again;
         continue;
       }
-      if (cons_.head.compare_exchange_weak(head, pos, std::memory_order_relaxed, std::memory_order_relaxed)) break;
+      if (cons_.head.compare_exchange_weak(head, pos, std::memory_order_relaxed, std::memory_order_relaxed))
+        break;
     }
     std::uint64_t pos = head;
     std::uint64_t i = 0;
@@ -359,8 +360,10 @@ class mpmc_queue {
       cons_.not_full.notify_all(consts_.asymmetric);
       throw;
     }
-    if (n == 1) cons_.not_full.notify_one(consts_.asymmetric);
-    else cons_.not_full.notify_all(consts_.asymmetric);
+    if (n == 1)
+      cons_.not_full.notify_one(consts_.asymmetric);
+    else
+      cons_.not_full.notify_all(consts_.asymmetric);
     return static_cast<size_type>(n);
   }
 
@@ -455,7 +458,9 @@ class mpmc_queue {
     }
   }
 
-  [[nodiscard]] std::uint64_t index_of(std::uint64_t pos) const noexcept { return pos & (consts_.mark_bit - 1); }
+  [[nodiscard]] std::uint64_t index_of(std::uint64_t pos) const noexcept {
+    return pos & (consts_.mark_bit - 1);
+  }
   [[nodiscard]] slot& slot_at(std::uint64_t pos) const noexcept { return consts_.slots[index_of(pos)]; }
   [[nodiscard]] std::uint64_t next_position(std::uint64_t pos) const noexcept {
     return index_of(pos) + 1 < consts_.capacity ? pos + 1 : (pos & ~(consts_.one_lap - 1)) + consts_.one_lap;
@@ -564,14 +569,16 @@ class mpmc_queue {
   bool try_(Op&& op) noexcept {
     for (unsigned spins = 0;; ++spins) {
       switch (op()) {
-        case attempt::ok: return true;
+        case attempt::ok:
+          return true;
         case attempt::busy:
           if (spins < busy_spin_limit) {
             detail::cpu_relax();
             continue;
           }
           return false;
-        default: return false;
+        default:
+          return false;
       }
     }
   }

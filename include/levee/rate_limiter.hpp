@@ -41,10 +41,6 @@
 // known to be in the past even where the ring alone would be ambiguous.
 #pragma once
 
-#include <levee/clock.hpp>
-#include <levee/detail/cache.hpp>
-#include <levee/detail/wait.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -52,6 +48,9 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <levee/clock.hpp>
+#include <levee/detail/cache.hpp>
+#include <levee/detail/wait.hpp>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -83,14 +82,16 @@ class rate {
   template <std::integral I>
   static constexpr rate per(I n, std::chrono::nanoseconds period) {
     if constexpr (std::is_signed_v<I>) {
-      if (n < 0) detail::throw_invalid("levee::rate::per: permit count must be > 0", static_cast<long double>(n));
+      if (n < 0)
+        detail::throw_invalid("levee::rate::per: permit count must be > 0", static_cast<long double>(n));
     }
     const auto count = static_cast<std::uint64_t>(n);
     if (count == 0) detail::throw_invalid_u("levee::rate::per: permit count must be > 0", 0);
     if (count > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
       detail::throw_invalid_u("levee::rate::per: permit count must be < 2^63", count);
     if (period.count() <= 0)
-      detail::throw_invalid("levee::rate::per: period must be > 0 ns", static_cast<long double>(period.count()));
+      detail::throw_invalid("levee::rate::per: period must be > 0 ns",
+                            static_cast<long double>(period.count()));
     const auto p = static_cast<std::uint64_t>(period.count());
     const std::uint64_t g = std::gcd(count, p);
     return rate(count / g, p / g);
@@ -100,7 +101,8 @@ class rate {
   template <std::integral I>
   static constexpr rate per_second(I n) {
     if constexpr (std::is_signed_v<I>) {
-      if (n <= 0) detail::throw_invalid("levee::rate::per_second: rate must be > 0", static_cast<long double>(n));
+      if (n <= 0)
+        detail::throw_invalid("levee::rate::per_second: rate must be > 0", static_cast<long double>(n));
     }
     if (n == 0) detail::throw_invalid_u("levee::rate::per_second: rate must be > 0", 0);
     return per(n, std::chrono::seconds(1));
@@ -110,8 +112,10 @@ class rate {
   // exact; others are converted to a fraction whose relative error is < 2^-60.
   static rate per_second(double n) {
     if (!std::isfinite(n) || !(n > 0.0))
-      detail::throw_invalid("levee::rate::per_second: rate must be finite and > 0", static_cast<long double>(n));
-    if (n == std::floor(n) && n <= 9007199254740992.0) return per(static_cast<std::uint64_t>(n), std::chrono::seconds(1));
+      detail::throw_invalid("levee::rate::per_second: rate must be finite and > 0",
+                            static_cast<long double>(n));
+    if (n == std::floor(n) && n <= 9007199254740992.0)
+      return per(static_cast<std::uint64_t>(n), std::chrono::seconds(1));
     const double interval_ns = 1e9 / n;
     if (!(interval_ns < 0x1p62))
       detail::throw_invalid("levee::rate::per_second: rate too low (emission interval must be < 2^62 ns)",
@@ -121,13 +125,15 @@ class rate {
     (void)std::frexp(interval_ns, &e);  // interval in [2^(e-1), 2^e)
     const int k = std::min(62, 61 - e);
     const double period = std::ldexp(interval_ns, k);
-    return per(std::uint64_t{1} << k, std::chrono::nanoseconds(static_cast<std::int64_t>(std::llround(period))));
+    return per(std::uint64_t{1} << k,
+               std::chrono::nanoseconds(static_cast<std::int64_t>(std::llround(period))));
   }
 
   // One permit per `interval` (> 0).
   static constexpr rate every(std::chrono::nanoseconds interval) {
     if (interval.count() <= 0)
-      detail::throw_invalid("levee::rate::every: interval must be > 0 ns", static_cast<long double>(interval.count()));
+      detail::throw_invalid("levee::rate::every: interval must be > 0 ns",
+                            static_cast<long double>(interval.count()));
     return per(1, interval);
   }
 
@@ -217,7 +223,11 @@ class rate_limiter {
   // burst == 0, or burst * emission interval beyond the horizon (2^61 ticks),
   // throws std::invalid_argument.
   explicit rate_limiter(rate r, std::uint64_t burst = 1, Clock c = Clock{})
-      : bits_(pick_bits(r)), shift_(bits_ + 1), era_shift_(61 - bits_), clock_(std::move(c)), sleeper_(clock_) {
+      : bits_(pick_bits(r)),
+        shift_(bits_ + 1),
+        era_shift_(61 - bits_),
+        clock_(std::move(c)),
+        sleeper_(clock_) {
     if (burst == 0) detail::throw_invalid_u("levee::rate_limiter: burst must be >= 1", 0);
     const std::uint64_t t = interval_ticks(r, bits_, "levee::rate_limiter");
     const std::uint64_t tau = checked_tau(burst, t, "levee::rate_limiter");
@@ -273,7 +283,8 @@ class rate_limiter {
       // max(TAT, now) + cost, keeping the parity bit: the same value as
       // nt + ahead + cost + parity in try_acquire_slow.
       const std::uint64_t next = (behind ? nt + (cur & 1U) : cur) + cost;
-      if (tat_.compare_exchange_strong(cur, next, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+      if (tat_.compare_exchange_strong(cur, next, std::memory_order_acq_rel, std::memory_order_acquire))
+        return true;
       // Another admission won the race. Back off before re-reading the
       // state: the winner then keeps the cache line for its next admissions
       // instead of the cores trading the line on every attempt (measured on
@@ -415,11 +426,13 @@ class rate_limiter {
         const std::uint64_t parity = cur & 1U;
         const bool ancient = is_ancient(e);
         const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
-        std::uint64_t next = ancient ? nt - horizon : cur - parity;  // an ancient state is re-based, still idle
+        std::uint64_t next =
+            ancient ? nt - horizon : cur - parity;  // an ancient state is re-based, still idle
         if (ahead > 0) {
           // keep the debt in permits: ahead * t_new / t_old, rounded up to an even unit
           const auto scaled = static_cast<detail::uint128>(ahead) * t_new;
-          auto ahead_new = static_cast<std::uint64_t>(std::min<detail::uint128>((scaled + t_old - 1) / t_old, horizon));
+          auto ahead_new =
+              static_cast<std::uint64_t>(std::min<detail::uint128>((scaled + t_old - 1) / t_old, horizon));
           next = nt + ahead_new + (ahead_new & 1U);
         }
         // flip the parity: admissions computed with the old configuration fail their CAS
@@ -524,16 +537,19 @@ class rate_limiter {
   }
   // The interval in ticks: units of 2^-bits ns, times 2 (the parity bit).
   static std::uint64_t interval_ticks(const rate& r, unsigned bits, const char* fn) {
-    const detail::uint128 num = static_cast<detail::uint128>(static_cast<std::uint64_t>(r.period().count())) << bits;
+    const detail::uint128 num = static_cast<detail::uint128>(static_cast<std::uint64_t>(r.period().count()))
+                                << bits;
     const detail::uint128 t = 2 * ((num + r.count() - 1) / r.count());
     if (t > tau_max)
-      throw std::invalid_argument(std::string(fn) + ": emission interval too long for this limiter's resolution (" +
-                                  std::to_string(r.period().count()) + " ns / " + std::to_string(r.count()) + ")");
+      throw std::invalid_argument(
+          std::string(fn) + ": emission interval too long for this limiter's resolution (" +
+          std::to_string(r.period().count()) + " ns / " + std::to_string(r.count()) + ")");
     return static_cast<std::uint64_t>(t);
   }
   static std::uint64_t checked_tau(std::uint64_t burst, std::uint64_t interval, const char* fn) {
     if (burst > tau_max / interval)
-      throw std::invalid_argument(std::string(fn) + ": burst * emission interval exceeds the limiter's horizon (burst " +
+      throw std::invalid_argument(std::string(fn) +
+                                  ": burst * emission interval exceeds the limiter's horizon (burst " +
                                   std::to_string(burst) + ")");
     return burst * interval;
   }
@@ -560,7 +576,8 @@ class rate_limiter {
   [[nodiscard]] bool is_ancient(std::int64_t era) const noexcept {
     return era - era_.load(std::memory_order_acquire) >= 2;
   }
-  [[nodiscard]] std::uint64_t ahead_at(std::uint64_t tat, std::uint64_t now_ticks, std::int64_t era) const noexcept {
+  [[nodiscard]] std::uint64_t ahead_at(std::uint64_t tat, std::uint64_t now_ticks,
+                                       std::int64_t era) const noexcept {
     return is_ancient(era) ? 0 : ahead_of(tat, now_ticks);
   }
   void note_era(std::int64_t era) noexcept {
@@ -614,7 +631,8 @@ class rate_limiter {
   bool refund(std::uint64_t end, std::uint64_t cost, std::uint64_t epoch) noexcept {
     if (load_config().epoch != epoch) return false;
     std::uint64_t expected = end;
-    return tat_.compare_exchange_strong(expected, end - cost, std::memory_order_acq_rel, std::memory_order_relaxed);
+    return tat_.compare_exchange_strong(expected, end - cost, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed);
   }
 
   // Waits until `at` (or a set_rate/set_burst after `ticket`) and returns a
@@ -635,7 +653,8 @@ class rate_limiter {
           const time_point target = at - window;
           if (!sleeper_.sleep_until(target, ticket)) return clock_.now();
           const time_point woke = clock_.now();
-          note_wake_lateness(std::chrono::duration_cast<std::chrono::nanoseconds>(woke - target).count(), limit);
+          note_wake_lateness(std::chrono::duration_cast<std::chrono::nanoseconds>(woke - target).count(),
+                             limit);
           if (woke >= at) return woke;
         }
         // Busy-wait, not yield: on a loaded machine sched_yield can hand the
@@ -661,7 +680,8 @@ class rate_limiter {
   void note_wake_lateness(std::int64_t late_ns, std::int64_t limit) noexcept {
     const std::int64_t old = wake_late_ns_.load(std::memory_order_relaxed);
     const std::int64_t decayed = old - old / 64;
-    wake_late_ns_.store(std::clamp<std::int64_t>(std::max(late_ns, decayed), 0, limit), std::memory_order_relaxed);
+    wake_late_ns_.store(std::clamp<std::int64_t>(std::max(late_ns, decayed), 0, limit),
+                        std::memory_order_relaxed);
   }
 
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> tat_{0};
@@ -670,9 +690,9 @@ class rate_limiter {
   std::atomic<std::uint64_t> tau_{1};
   std::atomic<std::uint64_t> burst_{1};
   std::atomic<std::uint64_t> epoch_{0};
-  const unsigned bits_;   // F
-  const unsigned shift_;  // F + 1: ticks are 2^-(F+1) ns, time values even
-  const unsigned era_shift_;  // 61 - F
+  const unsigned bits_;               // F
+  const unsigned shift_;              // F + 1: ticks are 2^-(F+1) ns, time values even
+  const unsigned era_shift_;          // 61 - F
   std::atomic<std::int64_t> era_{0};  // era of the latest state write (see era_of)
   std::atomic<std::int64_t> spin_ns_{0};
   std::atomic<std::int64_t> wake_late_ns_{0};  // see note_wake_lateness

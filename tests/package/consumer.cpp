@@ -1,9 +1,8 @@
 // Tiny consumer used by the packaging tests in .ci/run: it must compile
 // against an installed levee (find_package / pkg-config) or an
 // add_subdirectory'd one, and run.
-#include <levee/levee.hpp>
-
 #include <cstdio>
+#include <levee/levee.hpp>
 
 int main() {
   levee::mpmc_queue<int> q(3);

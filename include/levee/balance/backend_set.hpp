@@ -29,9 +29,9 @@ namespace levee {
 using backend_id = std::uint64_t;
 
 struct backend_options {
-  std::uint32_t weight = 1;      // relative share; 0 is rejected
-  std::uint32_t tier = 0;        // failover tier: lower tiers are preferred
-  std::size_t max_in_flight = 0; // hard cap on concurrent leases; 0 = unlimited
+  std::uint32_t weight = 1;       // relative share; 0 is rejected
+  std::uint32_t tier = 0;         // failover tier: lower tiers are preferred
+  std::size_t max_in_flight = 0;  // hard cap on concurrent leases; 0 = unlimited
 };
 
 enum class outcome { success, failure };
@@ -54,17 +54,19 @@ struct alignas(detail::cache_line_size) load_cell {
   std::atomic<std::int64_t> in_flight{0};
   static constexpr std::int64_t lease_mask = 0xffffffffLL;
   static constexpr std::int64_t owner_unit = std::int64_t{1} << 32;
-  std::atomic<double> latency_ewma_ns{0.0};          // peak-EWMA of latency, valid if stamp != no_sample
+  std::atomic<double> latency_ewma_ns{0.0};  // peak-EWMA of latency, valid if stamp != no_sample
   std::atomic<std::int64_t> latency_stamp_ns{no_sample};
   // The fields above change with every job; the ones below rarely (failure
   // streaks, ejections). A line of their own keeps picks, which read them,
   // from missing in cache each time another thread finishes a job here.
   alignas(detail::cache_line_size) std::atomic<std::uint32_t> consecutive_failures{0};
-  std::atomic<std::uint32_t> ejections{0};           // ejections so far (backoff multiplier)
+  std::atomic<std::uint32_t> ejections{0};  // ejections so far (backoff multiplier)
   std::atomic<std::int64_t> eject_state{0};
-  std::atomic<std::int64_t> recovered_at_ns{no_sample}; // last return from ejection (slow start origin)
+  std::atomic<std::int64_t> recovered_at_ns{no_sample};  // last return from ejection (slow start origin)
 
-  [[nodiscard]] std::int64_t load() const noexcept { return in_flight.load(std::memory_order_relaxed) & lease_mask; }
+  [[nodiscard]] std::int64_t load() const noexcept {
+    return in_flight.load(std::memory_order_relaxed) & lease_mask;
+  }
 
   // Folds one latency sample into the peak-EWMA (Finagle/tower semantics): a
   // sample above the estimate replaces it at once; otherwise the estimate
@@ -96,7 +98,8 @@ struct alignas(detail::cache_line_size) load_cell {
 
   // The estimate at `now`: decays towards zero while no sample arrives (so an
   // idle slow backend is retried eventually); default_ns without history.
-  [[nodiscard]] double latency_estimate(std::int64_t now_ns, double decay_ns, double default_ns) const noexcept {
+  [[nodiscard]] double latency_estimate(std::int64_t now_ns, double decay_ns,
+                                        double default_ns) const noexcept {
     const std::int64_t stamp = latency_stamp_ns.load(std::memory_order_acquire);
     if (stamp == no_sample) return default_ns;
     const double est = latency_ewma_ns.load(std::memory_order_relaxed);
@@ -136,13 +139,16 @@ class backend_snapshot {
   explicit backend_snapshot(std::vector<backend_entry> entries,
                             const std::atomic<std::int64_t>* total_in_flight = nullptr)
       : entries_(std::move(entries)), total_in_flight_(total_in_flight) {
-    std::sort(entries_.begin(), entries_.end(), [](const backend_entry& a, const backend_entry& b) { return a.id < b.id; });
+    std::sort(entries_.begin(), entries_.end(),
+              [](const backend_entry& a, const backend_entry& b) { return a.id < b.id; });
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const auto& e = entries_[i];
       if (e.weight == 0)
-        throw std::invalid_argument("levee::backend_snapshot: backend " + std::to_string(e.id) + " has weight 0");
+        throw std::invalid_argument("levee::backend_snapshot: backend " + std::to_string(e.id) +
+                                    " has weight 0");
       if (e.load == nullptr)
-        throw std::invalid_argument("levee::backend_snapshot: backend " + std::to_string(e.id) + " has no load cell");
+        throw std::invalid_argument("levee::backend_snapshot: backend " + std::to_string(e.id) +
+                                    " has no load cell");
       if (i > 0 && entries_[i - 1].id == e.id)
         throw std::invalid_argument("levee::backend_snapshot: duplicate backend id " + std::to_string(e.id));
       total_weight_ += e.weight;
@@ -227,7 +233,8 @@ class backend_set {
 
  public:
   void add(backend_id id, backend_options o = {}, std::int64_t since_ns = 0) {
-    if (o.weight == 0) throw std::invalid_argument("levee::backend_set::add: weight 0 for backend " + std::to_string(id));
+    if (o.weight == 0)
+      throw std::invalid_argument("levee::backend_set::add: weight 0 for backend " + std::to_string(id));
     auto it = lower(id);
     if (it != items_.end() && (*it)->entry.id == id)
       throw std::invalid_argument("levee::backend_set::add: duplicate backend id " + std::to_string(id));
@@ -242,7 +249,9 @@ class backend_set {
     return true;
   }
   bool set_weight(backend_id id, std::uint32_t w) {
-    if (w == 0) throw std::invalid_argument("levee::backend_set::set_weight: weight 0 for backend " + std::to_string(id));
+    if (w == 0)
+      throw std::invalid_argument("levee::backend_set::set_weight: weight 0 for backend " +
+                                  std::to_string(id));
     auto* e = find(id);
     return e != nullptr && ((e->entry.weight = w), true);
   }
@@ -260,7 +269,8 @@ class backend_set {
   // The cell of `id`; throws std::out_of_range if absent.
   [[nodiscard]] load_cell& load(backend_id id) {
     auto* e = find(id);
-    if (e == nullptr) throw std::out_of_range("levee::backend_set::load: unknown backend id " + std::to_string(id));
+    if (e == nullptr)
+      throw std::out_of_range("levee::backend_set::load: unknown backend id " + std::to_string(id));
     return e->cell;
   }
   [[nodiscard]] std::size_t size() const noexcept { return items_.size(); }

@@ -33,7 +33,7 @@ namespace levee {
 struct pick_request {
   std::optional<std::uint64_t> key = std::nullopt;  // affinity key (hashing strategies)
   std::span<const backend_id> exclude = {};         // backends this job already tried
-  rng* random = nullptr;                // the caller's generator; null = a per-thread one
+  rng* random = nullptr;                            // the caller's generator; null = a per-thread one
 };
 
 struct backend_stats {
@@ -46,8 +46,8 @@ struct backend_stats {
   // finished lease when the strategy reads latency (peak_ewma), otherwise by
   // one in 16 per thread (see lease::finish).
   std::chrono::nanoseconds latency_ewma{0};
-  bool ejected = false;                      // by outlier detection
-  bool healthy = true;                       // the set_healthy mark
+  bool ejected = false;  // by outlier detection
+  bool healthy = true;   // the set_healthy mark
 };
 
 // A set of backends (each with a Payload, e.g. a std::shared_ptr<handler>)
@@ -75,7 +75,8 @@ class balancer {
 
   explicit balancer(S s = S{}, health_options h = {}, Clock c = Clock{})
       : strategy_(make_composed(std::move(s), h)),
-        shared_(std::make_shared<shared_state>(std::move(c), strategy_.inner().detector(), decay_of(strategy_))) {}
+        shared_(std::make_shared<shared_state>(std::move(c), strategy_.inner().detector(),
+                                               decay_of(strategy_))) {}
 
   balancer(const balancer&) = delete;
   balancer& operator=(const balancer&) = delete;
@@ -130,7 +131,8 @@ class balancer {
   // Changes a weight (0 throws std::invalid_argument); false if absent.
   // Rebuilds S's tables. Blocking and ordering as add_backend.
   bool set_weight(backend_id id, std::uint32_t w) {
-    if (w == 0) throw std::invalid_argument("levee::balancer::set_weight: weight 0 for backend " + std::to_string(id));
+    if (w == 0)
+      throw std::invalid_argument("levee::balancer::set_weight: weight 0 for backend " + std::to_string(id));
     return change(id, [&](member& m) { m.o.weight = w; });
   }
 
@@ -197,7 +199,8 @@ class balancer {
       throw std::invalid_argument("levee::balancer::apply: " + what);
     };
     auto find = [&](backend_id id) {
-      return std::lower_bound(next.begin(), next.end(), id, [](const member& m, backend_id v) { return m.n->id < v; });
+      return std::lower_bound(next.begin(), next.end(), id,
+                              [](const member& m, backend_id v) { return m.n->id < v; });
     };
     const std::int64_t now = shared_->now_ns();
     for (auto& o : b.ops_) {
@@ -283,9 +286,10 @@ class balancer {
     out.reserve(members_.size());
     for (const auto& m : members_) {
       const load_cell& c = m.n->cell;
-      out.push_back(backend_stats{m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, c.load(),
-                                  std::chrono::nanoseconds(std::llround(c.latency_estimate(now, shared_->decay_ns, 0.0))),
-                                  c.ejected_at(now), m.healthy});
+      out.push_back(backend_stats{
+          m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, c.load(),
+          std::chrono::nanoseconds(std::llround(c.latency_estimate(now, shared_->decay_ns, 0.0))),
+          c.ejected_at(now), m.healthy});
     }
     return out;
   }
@@ -332,7 +336,8 @@ class balancer {
     // Lifetime: cell.in_flight counts owner references (high half: the
     // member list, each snapshot, each finished-but-alive lease) and
     // unfinished leases (low half); the node dies when the word reaches 0.
-    node(backend_id i, Payload&& p, std::shared_ptr<shared_state> s) : id(i), payload(std::move(p)), shared(std::move(s)) {
+    node(backend_id i, Payload&& p, std::shared_ptr<shared_state> s)
+        : id(i), payload(std::move(p)), shared(std::move(s)) {
       cell.in_flight.store(load_cell::owner_unit, std::memory_order_relaxed);  // the member list's reference
     }
     load_cell cell;
@@ -350,8 +355,11 @@ class balancer {
 
   struct block {
     block(backend_snapshot v, std::vector<node*> ns, const composed_type& s)
-        : view(std::move(v)), nodes(std::move(ns)), table(s.build(view)),
-          uncapped(std::all_of(view.begin(), view.end(), [](const backend_entry& e) { return e.max_in_flight == 0; })) {}
+        : view(std::move(v)),
+          nodes(std::move(ns)),
+          table(s.build(view)),
+          uncapped(std::all_of(view.begin(), view.end(),
+                               [](const backend_entry& e) { return e.max_in_flight == 0; })) {}
     block(const block&) = delete;
     block& operator=(const block&) = delete;
     ~block() {
@@ -427,12 +435,15 @@ class balancer {
   }
 
   static double decay_of(const composed_type& c) {
-    if constexpr (requires { c.latency_decay(); }) return static_cast<double>(c.latency_decay().count());
-    else return 10e9;  // 10 s, for stats only
+    if constexpr (requires { c.latency_decay(); })
+      return static_cast<double>(c.latency_decay().count());
+    else
+      return 10e9;  // 10 s, for stats only
   }
 
   auto lower(backend_id id) {
-    return std::lower_bound(members_.begin(), members_.end(), id, [](const member& m, backend_id v) { return m.n->id < v; });
+    return std::lower_bound(members_.begin(), members_.end(), id,
+                            [](const member& m, backend_id v) { return m.n->id < v; });
   }
 
   template <class F>
@@ -458,7 +469,8 @@ class balancer {
     entries.reserve(members_.size());
     nodes.reserve(members_.size());
     for (const auto& m : members_) {
-      entries.push_back(backend_entry{m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, m.since, &m.n->cell, m.healthy});
+      entries.push_back(
+          backend_entry{m.n->id, m.o.weight, m.o.tier, m.o.max_in_flight, m.since, &m.n->cell, m.healthy});
       nodes.push_back(m.n);
     }
     backend_snapshot view(std::move(entries), track_total ? &shared_->total_in_flight : nullptr);
@@ -470,7 +482,7 @@ class balancer {
 
   composed_type strategy_;
   std::shared_ptr<shared_state> shared_;
-  mutable std::mutex mutex_;  // serialises changes; guards members_
+  mutable std::mutex mutex_;     // serialises changes; guards members_
   std::vector<member> members_;  // sorted by id
   std::atomic<std::size_t> size_{0};
   detail::snapshot_cell<block> cell_;

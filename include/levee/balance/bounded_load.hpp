@@ -41,20 +41,20 @@ class bounded_load {
 
   explicit bounded_load(S inner = S{}, double c = 1.25) : inner_(std::move(inner)), c_(c) {
     if (!(c >= 1.0) || !std::isfinite(c))
-      throw std::invalid_argument("levee::bounded_load: factor c must be finite and >= 1, got " + std::to_string(c));
+      throw std::invalid_argument("levee::bounded_load: factor c must be finite and >= 1, got " +
+                                  std::to_string(c));
   }
 
   [[nodiscard]] S& inner() noexcept { return inner_; }
   [[nodiscard]] double factor() const noexcept { return c_; }
 
   template <class T = S>
-    requires requires(const T& t) { t.latency_decay(); }
-  [[nodiscard]] std::chrono::nanoseconds latency_decay() const {
-    return inner_.latency_decay();
-  }
+  requires requires(const T& t) { t.latency_decay(); }
+  [[nodiscard]] std::chrono::nanoseconds latency_decay() const { return inner_.latency_decay(); }
 
   // The cap of a backend of weight w when `total` jobs are in flight.
-  [[nodiscard]] std::int64_t capacity(std::uint32_t w, std::int64_t total, std::uint64_t total_weight) const noexcept {
+  [[nodiscard]] std::int64_t capacity(std::uint32_t w, std::int64_t total,
+                                      std::uint64_t total_weight) const noexcept {
     const double per_weight = c_ * static_cast<double>(total + 1) / static_cast<double>(total_weight);
     return static_cast<std::int64_t>(std::ceil(per_weight * static_cast<double>(w) - 1e-9));
   }
@@ -67,7 +67,8 @@ class bounded_load {
       // holds for all m when c w / W >= 1): estimate, then settle exactly.
       const double kw = t.c_per_weight * e.weight;
       constexpr std::int64_t unbounded = std::int64_t{1} << 40;  // loads stay below 2^32
-      std::int64_t m = kw >= 1.0 ? unbounded : static_cast<std::int64_t>(std::min(kw / (1.0 - kw), double(unbounded)));
+      std::int64_t m =
+          kw >= 1.0 ? unbounded : static_cast<std::int64_t>(std::min(kw / (1.0 - kw), double(unbounded)));
       while (m >= 0 && !room::fits(t.c_per_weight, m, e.weight, m)) --m;
       while (m < unbounded && room::fits(t.c_per_weight, m + 1, e.weight, m + 1)) ++m;
       t.self_max.push_back(m);
@@ -75,7 +76,9 @@ class bounded_load {
     return t;
   }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     // (An empty snapshot: S and the scan below both return nullopt.)
     std::int64_t total = -1;  // the real total, read at most once per pick (see room)
     const room r{t.c_per_weight, t.self_max.size() == s.size() ? t.self_max.data() : nullptr, &total};
@@ -111,16 +114,19 @@ class bounded_load {
     const std::int64_t* self_max;  // table_type::self_max, null if it does not match the snapshot
     std::int64_t* total;           // the pick's total in flight, < 0 until read
 
-    [[nodiscard]] static bool fits(double c_per_weight, std::int64_t load, std::uint32_t w, std::int64_t tot) noexcept {
-      return static_cast<double>(load) < c_per_weight * static_cast<double>(tot + 1) * static_cast<double>(w) - 1e-9;
+    [[nodiscard]] static bool fits(double c_per_weight, std::int64_t load, std::uint32_t w,
+                                   std::int64_t tot) noexcept {
+      return static_cast<double>(load) <
+             c_per_weight * static_cast<double>(tot + 1) * static_cast<double>(w) - 1e-9;
     }
     LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool operator()(const backend_snapshot& s, std::size_t i) const {
       const std::int64_t load = s[i].load->load();
-      if (self_max != nullptr && load <= self_max[i]) [[likely]] return true;
+      if (self_max != nullptr && load <= self_max[i]) [[likely]]
+        return true;
       return admits_slow(s, i, load, c_per_weight, *total);
     }
-    [[gnu::noinline]] static bool admits_slow(const backend_snapshot& s, std::size_t i, std::int64_t load, double c_per_weight,
-                                             std::int64_t& total) {
+    [[gnu::noinline]] static bool admits_slow(const backend_snapshot& s, std::size_t i, std::int64_t load,
+                                              double c_per_weight, std::int64_t& total) {
       const std::uint32_t w = s[i].weight;
       if (total < 0) {
         if (fits(c_per_weight, load, w, load)) return true;

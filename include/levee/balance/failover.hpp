@@ -33,10 +33,8 @@ class failover {
   [[nodiscard]] S& inner() noexcept { return inner_; }
 
   template <class T = S>
-    requires requires(const T& t) { t.latency_decay(); }
-  [[nodiscard]] std::chrono::nanoseconds latency_decay() const {
-    return inner_.latency_decay();
-  }
+  requires requires(const T& t) { t.latency_decay(); }
+  [[nodiscard]] std::chrono::nanoseconds latency_decay() const { return inner_.latency_decay(); }
 
   [[nodiscard]] table_type build(const backend_snapshot& s) const {
     table_type t{inner_.build(s), {}};
@@ -48,13 +46,17 @@ class failover {
 
   // The common case (one tier) is a tail call; the tier walk is out of line
   // so that the fast path never copies the result through the stack.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (t.tiers.size() <= 1 || ctx.tier) [[likely]] return inner_.pick(s, t.inner, ctx);
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
+    if (t.tiers.size() <= 1 || ctx.tier) [[likely]]
+      return inner_.pick(s, t.inner, ctx);
     return pick_tiers(s, t, ctx);
   }
 
  private:
-  [[gnu::noinline]] std::optional<std::size_t> pick_tiers(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_tiers(const backend_snapshot& s, const table_type& t,
+                                                          pick_context& ctx) {
     std::optional<std::size_t> r;
     const bool saved = ctx.last_resort;
     for (int pass = 0; pass < 2 && !r; ++pass) {

@@ -33,11 +33,11 @@ struct health_options {
   std::uint32_t consecutive_failures = 5;  // 0 disables outlier ejection
   std::chrono::nanoseconds base_ejection = std::chrono::seconds(30);
   std::chrono::nanoseconds max_ejection = std::chrono::seconds(300);
-  double max_ejected_share = 0.1;          // in [0, 1]; 0 disables ejection
-  double panic_threshold = 0.5;            // in [0, 1]; 0 disables panic
+  double max_ejected_share = 0.1;  // in [0, 1]; 0 disables ejection
+  double panic_threshold = 0.5;    // in [0, 1]; 0 disables panic
   std::chrono::nanoseconds slow_start_window = std::chrono::nanoseconds::zero();  // 0 disables
-  double slow_start_aggression = 1.0;      // > 0; 1 = linear ramp
-  double slow_start_min_weight = 0.1;      // in [0, 1]: floor of the ramp
+  double slow_start_aggression = 1.0;                                             // > 0; 1 = linear ramp
+  double slow_start_min_weight = 0.1;  // in [0, 1]: floor of the ramp
 
   // Everything off: no ejection, no panic, no slow start. set_healthy(false)
   // still removes a backend from rotation.
@@ -53,13 +53,20 @@ struct health_options {
   // Throws std::invalid_argument naming `fn` and the bad value.
   void validate(const char* fn) const {
     auto bad = [&](const std::string& what) { throw std::invalid_argument(std::string(fn) + ": " + what); };
-    if (base_ejection < std::chrono::nanoseconds::zero()) bad("base_ejection < 0: " + std::to_string(base_ejection.count()) + " ns");
-    if (max_ejection < base_ejection) bad("max_ejection < base_ejection: " + std::to_string(max_ejection.count()) + " ns");
-    if (!(max_ejected_share >= 0 && max_ejected_share <= 1)) bad("max_ejected_share not in [0, 1]: " + std::to_string(max_ejected_share));
-    if (!(panic_threshold >= 0 && panic_threshold <= 1)) bad("panic_threshold not in [0, 1]: " + std::to_string(panic_threshold));
-    if (slow_start_window < std::chrono::nanoseconds::zero()) bad("slow_start_window < 0: " + std::to_string(slow_start_window.count()) + " ns");
-    if (!(slow_start_aggression > 0) || !std::isfinite(slow_start_aggression)) bad("slow_start_aggression must be > 0: " + std::to_string(slow_start_aggression));
-    if (!(slow_start_min_weight >= 0 && slow_start_min_weight <= 1)) bad("slow_start_min_weight not in [0, 1]: " + std::to_string(slow_start_min_weight));
+    if (base_ejection < std::chrono::nanoseconds::zero())
+      bad("base_ejection < 0: " + std::to_string(base_ejection.count()) + " ns");
+    if (max_ejection < base_ejection)
+      bad("max_ejection < base_ejection: " + std::to_string(max_ejection.count()) + " ns");
+    if (!(max_ejected_share >= 0 && max_ejected_share <= 1))
+      bad("max_ejected_share not in [0, 1]: " + std::to_string(max_ejected_share));
+    if (!(panic_threshold >= 0 && panic_threshold <= 1))
+      bad("panic_threshold not in [0, 1]: " + std::to_string(panic_threshold));
+    if (slow_start_window < std::chrono::nanoseconds::zero())
+      bad("slow_start_window < 0: " + std::to_string(slow_start_window.count()) + " ns");
+    if (!(slow_start_aggression > 0) || !std::isfinite(slow_start_aggression))
+      bad("slow_start_aggression must be > 0: " + std::to_string(slow_start_aggression));
+    if (!(slow_start_min_weight >= 0 && slow_start_min_weight <= 1))
+      bad("slow_start_min_weight not in [0, 1]: " + std::to_string(slow_start_min_weight));
   }
 };
 
@@ -74,8 +81,12 @@ class outlier_detector {
   [[nodiscard]] const health_options& options() const noexcept { return o_; }
   [[nodiscard]] std::int64_t ejected() const noexcept { return ejected_.load(std::memory_order_acquire); }
   [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
-  [[nodiscard]] std::int64_t next_expiry() const noexcept { return next_expiry_.load(std::memory_order_acquire); }
-  void set_members(std::size_t n) noexcept { members_.store(static_cast<std::int64_t>(n), std::memory_order_relaxed); }
+  [[nodiscard]] std::int64_t next_expiry() const noexcept {
+    return next_expiry_.load(std::memory_order_acquire);
+  }
+  void set_members(std::size_t n) noexcept {
+    members_.store(static_cast<std::int64_t>(n), std::memory_order_relaxed);
+  }
 
   // Feeds one outcome. Lock-free. A success clears the failure streak; the
   // k-th consecutive failure ejects the backend if the share cap allows.
@@ -87,7 +98,8 @@ class outlier_detector {
     if (o == outcome::success) {
       // Load first: a healthy backend's streak is already 0, and a store
       // would take the cache line away from the other threads finishing on it.
-      if (c.consecutive_failures.load(std::memory_order_relaxed) != 0) c.consecutive_failures.store(0, std::memory_order_relaxed);
+      if (c.consecutive_failures.load(std::memory_order_relaxed) != 0)
+        c.consecutive_failures.store(0, std::memory_order_relaxed);
       if (c.ejections.load(std::memory_order_relaxed) != 0) {
         const std::int64_t rec = c.recovered_at_ns.load(std::memory_order_relaxed);
         if (rec != load_cell::no_sample && now_ns - rec >= o_.max_ejection.count())
@@ -100,15 +112,17 @@ class outlier_detector {
     if (streak < o_.consecutive_failures) return;
     if (c.eject_state.load(std::memory_order_acquire) != 0) return;  // already ejected, or removed
     const auto members = members_.load(std::memory_order_relaxed);
-    const auto allowed = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::floor(o_.max_ejected_share * static_cast<double>(members))));
+    const auto allowed = std::max<std::int64_t>(
+        1, static_cast<std::int64_t>(std::floor(o_.max_ejected_share * static_cast<double>(members))));
     if (ejected_.fetch_add(1, std::memory_order_acq_rel) >= allowed) {
       ejected_.fetch_sub(1, std::memory_order_acq_rel);
       return;
     }
     const std::uint32_t mult = c.ejections.fetch_add(1, std::memory_order_relaxed) + 1;
     const double want = static_cast<double>(o_.base_ejection.count()) * mult;
-    const std::int64_t dur = want >= static_cast<double>(o_.max_ejection.count()) ? o_.max_ejection.count()
-                                                                                   : static_cast<std::int64_t>(want);
+    const std::int64_t dur = want >= static_cast<double>(o_.max_ejection.count())
+                                 ? o_.max_ejection.count()
+                                 : static_cast<std::int64_t>(want);
     std::int64_t until = now_ns + std::max<std::int64_t>(dur, 1);
     if (until == 0 || until == load_cell::removed) ++until;
     std::int64_t expected = 0;
@@ -149,8 +163,10 @@ class outlier_detector {
     for (const auto& e : s) {
       const std::int64_t st = e.load->eject_state.load(std::memory_order_seq_cst);
       if (st == 0 || st == load_cell::removed) continue;
-      if (now_ns >= st) end_ejection(*e.load, st, now_ns);
-      else lower_expiry(st);
+      if (now_ns >= st)
+        end_ejection(*e.load, st, now_ns);
+      else
+        lower_expiry(st);
     }
   }
 
@@ -202,10 +218,8 @@ class health {
   [[nodiscard]] const health_options& options() const noexcept { return det_->options(); }
 
   template <class T = S>
-    requires requires(const T& t) { t.latency_decay(); }
-  [[nodiscard]] std::chrono::nanoseconds latency_decay() const {
-    return inner_.latency_decay();
-  }
+  requires requires(const T& t) { t.latency_decay(); }
+  [[nodiscard]] std::chrono::nanoseconds latency_decay() const { return inner_.latency_decay(); }
 
   void record(load_cell& c, outcome o, std::int64_t now_ns) noexcept { det_->record(c, o, now_ns); }
 
@@ -225,13 +239,17 @@ class health {
 
   // Nothing ejected and every backend marked healthy: a tail call (the rest
   // is out of line so that this path never copies the result through the stack).
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (det_->ejected() == 0 && t.marked_healthy == s.size()) [[likely]] return inner_.pick(s, t.inner, ctx);
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
+    if (det_->ejected() == 0 && t.marked_healthy == s.size()) [[likely]]
+      return inner_.pick(s, t.inner, ctx);
     return pick_unhealthy(s, t, ctx);
   }
 
  private:
-  [[gnu::noinline]] std::optional<std::size_t> pick_unhealthy(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_unhealthy(const backend_snapshot& s, const table_type& t,
+                                                              pick_context& ctx) {
     outlier_detector& det = *det_;
     std::int64_t ejected = det.ejected();
     if (ejected == 0 && t.marked_healthy == s.size()) return inner_.pick(s, t.inner, ctx);
@@ -277,7 +295,8 @@ class health {
 
   // Health of the candidates (the tier being tried, or all): cached per tier
   // until the next ejection change (the table itself changes with the set).
-  state scope_state(const backend_snapshot& s, const table_type& t, const pick_context& ctx, std::int64_t now) const {
+  state scope_state(const backend_snapshot& s, const table_type& t, const pick_context& ctx,
+                    std::int64_t now) const {
     std::size_t slot = 0;
     if (ctx.tier) {
       auto it = std::lower_bound(t.tiers.begin(), t.tiers.end(), *ctx.tier);
@@ -293,8 +312,10 @@ class health {
       if (e.healthy && !e.load->ejected_at(now)) ++healthy;
     }
     state st = state::normal;
-    if (total > 0 && healthy == 0) st = state::none_healthy;
-    else if (static_cast<double>(healthy) < det_->options().panic_threshold * static_cast<double>(total)) st = state::panic;
+    if (total > 0 && healthy == 0)
+      st = state::none_healthy;
+    else if (static_cast<double>(healthy) < det_->options().panic_threshold * static_cast<double>(total))
+      st = state::panic;
     t.panic_cache[slot].store(((epoch + 1) << 2) | static_cast<std::uint64_t>(st), std::memory_order_release);
     return st;
   }

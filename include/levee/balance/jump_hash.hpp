@@ -47,8 +47,8 @@ class jump_hash {
     while (j < n) {
       b = j;
       key = key * 2862933555777941757ULL + 1;
-      j = static_cast<std::int64_t>(static_cast<double>(b + 1) *
-                                    (static_cast<double>(std::int64_t{1} << 31) / static_cast<double>((key >> 33) + 1)));
+      j = static_cast<std::int64_t>(static_cast<double>(b + 1) * (static_cast<double>(std::int64_t{1} << 31) /
+                                                                  static_cast<double>((key >> 33) + 1)));
     }
     return static_cast<std::int32_t>(b);
   }
@@ -69,7 +69,8 @@ class jump_hash {
   // (drawn by rejection from [0, 2q): >= 1/2 accepted per draw). Draws depend
   // only on h, so n and n + 1 see the same draws and differ only where one
   // lands on n: consistency. The draws come from SplitMix64 seeded with h.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static constexpr std::uint32_t jump_back(std::uint64_t h, std::uint32_t n) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static constexpr std::uint32_t jump_back(
+      std::uint64_t h, std::uint32_t n) noexcept {
     if (n <= 1) return 0;
     const std::uint32_t ranges = ~std::uint32_t{0} >> std::countl_zero(n - 1);  // bits of [1, n)'s ranges
     std::uint32_t u = static_cast<std::uint32_t>(h ^ (h >> 32)) & ranges;
@@ -81,12 +82,13 @@ class jump_hash {
       const std::uint32_t q = top & u;
       const auto half = static_cast<std::uint32_t>(h >> ((std::popcount(u) & 1) * 32));
       const std::uint32_t b = q + (half & (top - 1));
-      if (b < n) return b;  // always for the lower ranges: only the top one can reach n
+      if (b < n) return b;                      // always for the lower ranges: only the top one can reach n
       const std::uint32_t span = (q << 1) - 1;  // [0, 2q); wraps to all ones for q = 2^31
       std::uint64_t state = h;
       for (bool below = false; !below;) {
         const std::uint64_t w = detail::splitmix64_next(state);
-        for (const auto c : {static_cast<std::uint32_t>(w) & span, static_cast<std::uint32_t>(w >> 32) & span}) {
+        for (const auto c :
+             {static_cast<std::uint32_t>(w) & span, static_cast<std::uint32_t>(w >> 32) & span}) {
           if (c < q) {
             below = true;  // no jump in [q, n): the answer is in a lower range
             break;
@@ -100,21 +102,24 @@ class jump_hash {
 
   [[nodiscard]] table_type build(const backend_snapshot& s) const noexcept { return {detail::all_open(s)}; }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                                          Admit admit) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(
+      const backend_snapshot& s, const table_type& t, pick_context& ctx, Admit admit) {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
     std::uint64_t k = ctx.key ? detail::hash64_salted(*ctx.key, key_salt_) : ctx.random()();
     const auto n32 = static_cast<std::uint32_t>(n);
     if (t.open && ctx.unrestricted()) [[likely]] {
       const std::size_t i = jump_back(k, n32);
-      if (admit(s, i)) [[likely]] return i;
+      if (admit(s, i)) [[likely]]
+        return i;
     }
     return rehash(s, ctx, k, n32, admit);
   }
@@ -123,8 +128,8 @@ class jump_hash {
   // The chosen backend was not eligible (or not checked yet): up to 8 keys
   // rehashed from k, then the scan. Out of line: keeps pick() small.
   template <class Admit>
-  [[gnu::noinline]] static std::optional<std::size_t> rehash(const backend_snapshot& s, pick_context& ctx, std::uint64_t k,
-                                                             std::uint32_t n, Admit admit) {
+  [[gnu::noinline]] static std::optional<std::size_t> rehash(const backend_snapshot& s, pick_context& ctx,
+                                                             std::uint64_t k, std::uint32_t n, Admit admit) {
     for (int attempt = 0; attempt < 8; ++attempt) {
       const std::size_t i = jump_back(k, n);
       if (ctx.eligible(s, i) && admit(s, i)) return i;

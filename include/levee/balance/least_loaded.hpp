@@ -15,7 +15,8 @@ class least_loaded {
  public:
   using table_type = no_table;
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
+  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&,
+                                                pick_context& ctx) {
     return detail::scan_least_loaded(s, ctx);
   }
 };

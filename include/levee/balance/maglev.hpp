@@ -56,7 +56,8 @@ class maglev {
 
   explicit maglev(maglev_options o = {}) : o_(o), key_salt_(detail::hash_salt(o.seed ^ 0x6b6579ULL)) {
     if (o.table_size != 0 && !detail::is_prime(o.table_size))
-      throw std::invalid_argument("levee::maglev: table_size must be prime, got " + std::to_string(o.table_size));
+      throw std::invalid_argument("levee::maglev: table_size must be prime, got " +
+                                  std::to_string(o.table_size));
   }
 
   [[nodiscard]] const maglev_options& options() const noexcept { return o_; }
@@ -64,7 +65,8 @@ class maglev {
   // The table size used for n backends.
   [[nodiscard]] std::size_t table_size_for(std::size_t n) const noexcept {
     if (o_.table_size != 0) return o_.table_size;
-    const std::uint64_t want = std::max<std::uint64_t>(65536, 100 * std::bit_ceil(std::max<std::uint64_t>(n, 1)));
+    const std::uint64_t want =
+        std::max<std::uint64_t>(65536, 100 * std::bit_ceil(std::max<std::uint64_t>(n, 1)));
     return static_cast<std::size_t>(detail::next_prime(want));
   }
 
@@ -76,8 +78,8 @@ class maglev {
     t.open = detail::all_open(s);
     const std::size_t m = table_size_for(n);
     if (m < n)
-      throw std::length_error("levee::maglev: table_size " + std::to_string(m) + " is smaller than the backend count " +
-                              std::to_string(n));
+      throw std::length_error("levee::maglev: table_size " + std::to_string(m) +
+                              " is smaller than the backend count " + std::to_string(n));
     constexpr std::uint32_t empty = ~std::uint32_t{0};
     t.entry.assign(m, empty);
     std::vector<std::uint64_t> pos(n), skip(n);
@@ -104,20 +106,23 @@ class maglev {
     return static_cast<std::size_t>(detail::mul_high64(detail::hash64_salted(key, key_salt_), m));
   }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                                          Admit admit) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(
+      const backend_snapshot& s, const table_type& t, pick_context& ctx, Admit admit) {
     const std::size_t m = t.entry.size();
     if (m == 0 || s.empty()) return std::nullopt;
     std::size_t j = ctx.key ? slot(*ctx.key, m) : static_cast<std::size_t>(ctx.random().below(m));
     if (t.open && ctx.unrestricted()) [[likely]] {
       const std::size_t i = t.entry[j];
-      if (admit(s, i)) [[likely]] return i;
+      if (admit(s, i)) [[likely]]
+        return i;
     }
     std::size_t rejected = s.size();
     const std::size_t probes = std::min(m, 8 * s.size() + 64);

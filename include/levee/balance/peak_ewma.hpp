@@ -13,7 +13,7 @@
 namespace levee {
 
 struct peak_ewma_options {
-  std::chrono::nanoseconds decay = std::chrono::seconds(10);        // EWMA time constant
+  std::chrono::nanoseconds decay = std::chrono::seconds(10);                // EWMA time constant
   std::chrono::nanoseconds default_latency = std::chrono::milliseconds(1);  // estimate without samples
   std::size_t choices = 2;
 };
@@ -35,7 +35,8 @@ class peak_ewma {
         d_(detail::check_choices(o.choices, "levee::peak_ewma")),
         decay_(o.decay) {
     if (o.decay <= std::chrono::nanoseconds::zero())
-      throw std::invalid_argument("levee::peak_ewma: decay must be > 0, got " + std::to_string(o.decay.count()) + " ns");
+      throw std::invalid_argument("levee::peak_ewma: decay must be > 0, got " +
+                                  std::to_string(o.decay.count()) + " ns");
     if (o.default_latency < std::chrono::nanoseconds::zero())
       throw std::invalid_argument("levee::peak_ewma: default_latency must be >= 0, got " +
                                   std::to_string(o.default_latency.count()) + " ns");
@@ -49,11 +50,14 @@ class peak_ewma {
     return cost_numerator(e, now_ns) / static_cast<double>(e.weight);
   }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
     if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
       std::size_t a, b;
-      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return cheaper(s, a, b, ctx);
+      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]]
+        return cheaper(s, a, b, ctx);
     }
     return pick_general(s, t, ctx);
   }
@@ -61,7 +65,8 @@ class peak_ewma {
  private:
   // Any d, restricted picks, skewed weights: out of line, so that pick()
   // stays small enough to inline.
-  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t,
+                                                            pick_context& ctx) {
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
@@ -80,7 +85,9 @@ class peak_ewma {
   // scaled, by exp_neg(|stamp_a - stamp_b| / decay) (a cheap polynomial when
   // the stamps are close). Only a mixed pair reads the clock. The outcome is
   // selected with a mask (a coin flip to the branch predictor).
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a, std::size_t b, pick_context& ctx) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t cheaper(const backend_snapshot& s, std::size_t a,
+                                                               std::size_t b,
+                                                               pick_context& ctx) const noexcept {
     const load_cell& ca = *s[a].load;
     const load_cell& cb = *s[b].load;
     const std::int64_t sa = ca.latency_stamp_ns.load(std::memory_order_acquire);

@@ -19,8 +19,8 @@ inline constexpr std::size_t max_choices = 16;
 // proportional to weight (alias table). Falls back to exact O(n) weighted
 // draws (excluding those already chosen) after a bounded number of rejected
 // draws, so k < d only when fewer than d backends are eligible. Returns k.
-inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table& t, pick_context& ctx, std::size_t d,
-                                   std::array<std::size_t, max_choices>& out) {
+inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table& t, pick_context& ctx,
+                                   std::size_t d, std::array<std::size_t, max_choices>& out) {
   std::size_t k = 0;
   std::size_t attempts = 4 * d + 8;
   if (d == 2) {
@@ -79,11 +79,13 @@ inline std::size_t sample_distinct(const backend_snapshot& s, const alias_table&
   }
   return false;
 }
-LEVEE_DETAIL_ALWAYS_INLINE inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a, std::size_t& b) {
+LEVEE_DETAIL_ALWAYS_INLINE inline bool sample_two_open(const alias_table& t, rng& r, std::size_t& a,
+                                                       std::size_t& b) {
   const std::uint64_t x = r();
   a = t.draw32(static_cast<std::uint32_t>(x >> 32));
   b = t.draw32(static_cast<std::uint32_t>(x));
-  if (a != b) [[likely]] return true;
+  if (a != b) [[likely]]
+    return true;
   return redraw_second(t, r, a, b);
 }
 
@@ -109,16 +111,20 @@ class power_of_two {
  public:
   using table_type = detail::alias_table;
 
-  explicit power_of_two(std::size_t choices = 2) : d_(detail::check_choices(choices, "levee::power_of_two")) {}
+  explicit power_of_two(std::size_t choices = 2)
+      : d_(detail::check_choices(choices, "levee::power_of_two")) {}
 
   [[nodiscard]] std::size_t choices() const noexcept { return d_; }
   [[nodiscard]] table_type build(const backend_snapshot& s) const { return table_type(s); }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
     if (d_ == 2 && t.open() && ctx.unrestricted() && s.size() >= 2) [[likely]] {
       std::size_t a, b;
-      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]] return less_loaded(s, a, b);
+      if (detail::sample_two_open(t, ctx.random(), a, b)) [[likely]]
+        return less_loaded(s, a, b);
     }
     return pick_general(s, t, ctx);
   }
@@ -126,7 +132,8 @@ class power_of_two {
  private:
   // Any d, restricted picks, skewed weights: out of line, so that pick()
   // stays small enough to inline.
-  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_general(const backend_snapshot& s, const table_type& t,
+                                                            pick_context& ctx) {
     std::array<std::size_t, detail::max_choices> c;
     const std::size_t k = detail::sample_distinct(s, t, ctx, d_, c);
     if (k == 0) return std::nullopt;
@@ -139,7 +146,9 @@ class power_of_two {
   // first drawn). load() < 2^32 and weights < 2^32: the cross products fit in
   // 64 bits. Loads change all the time, so the outcome is a coin flip to the
   // branch predictor: selected with a mask.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static std::size_t less_loaded(const backend_snapshot& s, std::size_t a, std::size_t b) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] static std::size_t less_loaded(const backend_snapshot& s,
+                                                                          std::size_t a,
+                                                                          std::size_t b) noexcept {
     const backend_entry& ea = s[a];
     const backend_entry& eb = s[b];
     const auto la = static_cast<std::uint64_t>(ea.load->load());

@@ -72,7 +72,8 @@ class alias_table {
 
   // The coin is random, so the choice goes through a mask (detail::select),
   // never a branch that would be mispredicted half the time.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t pick_in(std::size_t i, std::uint32_t coin) const noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::size_t pick_in(std::size_t i,
+                                                               std::uint32_t coin) const noexcept {
     const column c = cols_[i];
     return select(coin < c.threshold, i, c.alias);
   }
@@ -89,7 +90,8 @@ class alias_table {
 // Draws up to `tries` times from `draw`, returning the first eligible index;
 // falls back to an O(n) weighted scan so that nullopt means "none eligible".
 template <class Draw>
-[[nodiscard]] std::optional<std::size_t> draw_eligible(const backend_snapshot& s, pick_context& ctx, Draw&& draw, int tries = 8) {
+[[nodiscard]] std::optional<std::size_t> draw_eligible(const backend_snapshot& s, pick_context& ctx,
+                                                       Draw&& draw, int tries = 8) {
   for (int t = 0; t < tries; ++t) {
     const std::size_t i = draw();
     if (ctx.eligible(s, i)) return i;
@@ -106,15 +108,19 @@ class random {
   using table_type = no_table;
   [[nodiscard]] table_type build(const backend_snapshot&) const noexcept { return {}; }
   // First draw inline (see round_robin::pick), the rest out of line.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type&,
+                                                                           pick_context& ctx) {
     if (s.empty()) return std::nullopt;
     const auto i = static_cast<std::size_t>(ctx.random().below(s.size()));
-    if (ctx.eligible(s, i)) [[likely]] return i;
+    if (ctx.eligible(s, i)) [[likely]]
+      return i;
     return pick_rest(s, ctx);
   }
 
  private:
-  [[gnu::noinline]] static std::optional<std::size_t> pick_rest(const backend_snapshot& s, pick_context& ctx) {
+  [[gnu::noinline]] static std::optional<std::size_t> pick_rest(const backend_snapshot& s,
+                                                                pick_context& ctx) {
     for (int t = 1; t < 8; ++t) {
       const auto i = static_cast<std::size_t>(ctx.random().below(s.size()));
       if (ctx.eligible(s, i)) return i;
@@ -136,9 +142,12 @@ class weighted_random {
   static constexpr bool reads_load = false;
   using table_type = detail::alias_table;
   [[nodiscard]] table_type build(const backend_snapshot& s) const { return table_type(s); }
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     if (s.empty() || t.size() != s.size()) return std::nullopt;
-    if (t.open() && ctx.unrestricted()) [[likely]] return t.draw(ctx.random());  // every backend eligible
+    if (t.open() && ctx.unrestricted()) [[likely]]
+      return t.draw(ctx.random());  // every backend eligible
     return detail::draw_eligible(s, ctx, [&] { return t.draw(ctx.random()); });
   }
 };

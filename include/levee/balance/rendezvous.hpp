@@ -42,7 +42,8 @@ class rendezvous {
     return -static_cast<double>(e.weight) / std::log(u);
   }
 
-  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t,
+                                                pick_context& ctx) {
     const std::uint64_t key = ctx.key ? *ctx.key : ctx.random()();
     std::optional<std::size_t> best;
     if (t.equal_weights) {

@@ -15,9 +15,9 @@
 namespace levee {
 
 struct ring_hash_options {
-  std::uint32_t vnodes_per_weight = 100;  // ring points per unit of weight (NGINX: 160, HAProxy: 16)
+  std::uint32_t vnodes_per_weight = 100;          // ring points per unit of weight (NGINX: 160, HAProxy: 16)
   std::size_t max_points = std::size_t{1} << 20;  // larger rings are scaled down (>= 1 point per backend)
-  std::uint64_t seed = 0;                 // changes every point and key position
+  std::uint64_t seed = 0;                         // changes every point and key position
 };
 
 // Ketama-style ring: backend i owns weight_i x vnodes_per_weight points at
@@ -63,14 +63,16 @@ class ring_hash {
       std::array<std::uint16_t, 4> owner;
       std::uint16_t count;
     };
-    static_assert(sizeof(slot) == 16, "levee: a ring slot must be 16 bytes, four per cache line, one load per pick");
+    static_assert(sizeof(slot) == 16,
+                  "levee: a ring slot must be 16 bytes, four per cache line, one load per pick");
     std::vector<slot> slots;  // empty: no slots (see above)
     unsigned shift = 64;      // 64 - bits, bits >= 1 once built (so a shift by it is defined)
-    bool open = false;  // detail::all_open of the snapshot
+    bool open = false;        // detail::all_open of the snapshot
   };
 
   explicit ring_hash(ring_hash_options o = {}) : o_(o), key_salt_(detail::hash_salt(o.seed ^ 0x6b6579ULL)) {
-    if (o.vnodes_per_weight == 0) throw std::invalid_argument("levee::ring_hash: vnodes_per_weight must be > 0, got 0");
+    if (o.vnodes_per_weight == 0)
+      throw std::invalid_argument("levee::ring_hash: vnodes_per_weight must be > 0, got 0");
     if (o.max_points == 0) throw std::invalid_argument("levee::ring_hash: max_points must be > 0, got 0");
   }
 
@@ -82,7 +84,8 @@ class ring_hash {
     if (n == 0) return t;
     t.open = detail::all_open(s);
     const double want = static_cast<double>(s.total_weight()) * o_.vnodes_per_weight;
-    const double scale = want > static_cast<double>(o_.max_points) ? static_cast<double>(o_.max_points) / want : 1.0;
+    const double scale =
+        want > static_cast<double>(o_.max_points) ? static_cast<double>(o_.max_points) / want : 1.0;
     std::vector<std::pair<std::uint64_t, std::uint32_t>> pts;
     pts.reserve(static_cast<std::size_t>(std::min(want, static_cast<double>(o_.max_points))) + n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -128,19 +131,24 @@ class ring_hash {
   }
 
   // The position of `key` on the ring (exposed for tests).
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept { return detail::hash64_salted(key, key_salt_); }
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::uint64_t position(std::uint64_t key) const noexcept {
+    return detail::hash64_salted(key, key_salt_);
+  }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     return pick_admitting(s, t, ctx, detail::admit_all{});
   }
 
   // pick() with one more eligibility rule (see levee::admitting_strategy).
   template <class Admit>
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                                          Admit admit) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick_admitting(
+      const backend_snapshot& s, const table_type& t, pick_context& ctx, Admit admit) {
     // No slots also covers the empty table and the empty snapshot (settle
     // checks both): one test on the fast path.
-    if (t.slots.empty()) [[unlikely]] return settle_without_slots(s, t, ctx, admit);
+    if (t.slots.empty()) [[unlikely]]
+      return settle_without_slots(s, t, ctx, admit);
     const std::uint64_t h = point(ctx);
     const std::size_t b = bucket_of(h, t.shift);
     const auto& sl = t.slots[b];
@@ -151,7 +159,8 @@ class ring_hash {
                         unsigned{sl.count > 3}) != 0;
     if (!exact && t.open && ctx.unrestricted()) [[likely]] {
       const std::size_t o = sl.owner[below];
-      if (admit(s, o)) [[likely]] return o;
+      if (admit(s, o)) [[likely]]
+        return o;
     }
     return settle(s, t, ctx, h, b, exact ? no_owner : below, admit);
   }
@@ -166,8 +175,9 @@ class ring_hash {
   }
 
   template <class Admit>
-  [[gnu::noinline]] std::optional<std::size_t> settle_without_slots(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                                                   Admit admit) const {
+  [[gnu::noinline]] std::optional<std::size_t> settle_without_slots(const backend_snapshot& s,
+                                                                    const table_type& t, pick_context& ctx,
+                                                                    Admit admit) const {
     if (t.hashes.empty() || s.empty()) return std::nullopt;
     const std::uint64_t h = point(ctx);
     return settle(s, t, ctx, h, bucket_of(h, t.shift), no_owner, admit);
@@ -177,8 +187,9 @@ class ring_hash {
   // enough to inline: the slot's arc `below` (no_owner: find h's point by
   // walking bucket b), then eligibility and the clockwise walk.
   template <class Admit>
-  [[gnu::noinline]] static std::optional<std::size_t> settle(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                                            std::uint64_t h, std::size_t b, std::size_t below, Admit admit) {
+  [[gnu::noinline]] static std::optional<std::size_t> settle(const backend_snapshot& s, const table_type& t,
+                                                             pick_context& ctx, std::uint64_t h,
+                                                             std::size_t b, std::size_t below, Admit admit) {
     const std::size_t points = t.hashes.size();
     if (below == no_owner) return walk(s, t, ctx, h, b, t.bucket[b], points, admit);
     const std::size_t o = t.slots[b].owner[below];
@@ -191,7 +202,8 @@ class ring_hash {
   // Finds the first point >= h from index j of bucket b, then walks clockwise.
   template <class Admit>
   static std::optional<std::size_t> walk(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                         std::uint64_t h, std::size_t b, std::size_t j, std::size_t rejected, Admit admit) {
+                                         std::uint64_t h, std::size_t b, std::size_t j, std::size_t rejected,
+                                         Admit admit) {
     const std::size_t end = t.bucket[b + 1];
     while (j < end && t.hashes[j] < h) ++j;
     if (j == t.hashes.size()) j = 0;
@@ -200,8 +212,9 @@ class ring_hash {
 
   // From point j clockwise: the first eligible owner (owner `rejected` is skipped).
   template <class Admit>
-  static std::optional<std::size_t> walk_from(const backend_snapshot& s, const table_type& t, pick_context& ctx,
-                                              std::size_t j, std::size_t rejected, Admit admit) {
+  static std::optional<std::size_t> walk_from(const backend_snapshot& s, const table_type& t,
+                                              pick_context& ctx, std::size_t j, std::size_t rejected,
+                                              Admit admit) {
     const std::size_t points = t.hashes.size();
     for (std::size_t step = 0; step < points; ++step) {
       const std::size_t i = t.owner[j];

@@ -31,16 +31,20 @@ class round_robin {
   // result stays in registers: GCC 12 returns a non-inlined
   // std::optional<std::size_t> through a store-forwarding stall); the
   // remaining turns are out of line.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type&, pick_context& ctx) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type&,
+                                                                           pick_context& ctx) noexcept {
     const std::size_t n = s.size();
     if (n == 0) return std::nullopt;
     const std::size_t i = cursor_.next(n);
-    if (ctx.eligible(s, i)) [[likely]] return i;
+    if (ctx.eligible(s, i)) [[likely]]
+      return i;
     return pick_rest(s, ctx, i);
   }
 
  private:
-  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, pick_context& ctx, std::size_t i) noexcept {
+  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, pick_context& ctx,
+                                                         std::size_t i) noexcept {
     const std::size_t n = s.size();
     const std::size_t turns = n < 8 ? n : 8;
     for (std::size_t k = 1; k < turns; ++k) {

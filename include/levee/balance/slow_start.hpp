@@ -17,8 +17,8 @@ namespace levee {
 
 struct slow_start_options {
   std::chrono::nanoseconds window = std::chrono::seconds(30);
-  double aggression = 1.0;   // > 0; the ramp is (age / window)^(1 / aggression)
-  double min_weight = 0.1;   // in [0, 1]: floor of the ramp
+  double aggression = 1.0;  // > 0; the ramp is (age / window)^(1 / aggression)
+  double min_weight = 0.1;  // in [0, 1]: floor of the ramp
 };
 
 // Envoy-style slow start for every strategy: a backend whose origin (added,
@@ -45,21 +45,22 @@ class slow_start {
 
   explicit slow_start(S inner = S{}, slow_start_options o = {}) : inner_(std::move(inner)), o_(o) {
     if (o.window < std::chrono::nanoseconds::zero())
-      throw std::invalid_argument("levee::slow_start: window must be >= 0, got " + std::to_string(o.window.count()) + " ns");
+      throw std::invalid_argument("levee::slow_start: window must be >= 0, got " +
+                                  std::to_string(o.window.count()) + " ns");
     if (!(o.aggression > 0) || !std::isfinite(o.aggression))
-      throw std::invalid_argument("levee::slow_start: aggression must be > 0, got " + std::to_string(o.aggression));
+      throw std::invalid_argument("levee::slow_start: aggression must be > 0, got " +
+                                  std::to_string(o.aggression));
     if (!(o.min_weight >= 0 && o.min_weight <= 1))
-      throw std::invalid_argument("levee::slow_start: min_weight must be in [0, 1], got " + std::to_string(o.min_weight));
+      throw std::invalid_argument("levee::slow_start: min_weight must be in [0, 1], got " +
+                                  std::to_string(o.min_weight));
   }
 
   [[nodiscard]] S& inner() noexcept { return inner_; }
   [[nodiscard]] const slow_start_options& options() const noexcept { return o_; }
 
   template <class T = S>
-    requires requires(const T& t) { t.latency_decay(); }
-  [[nodiscard]] std::chrono::nanoseconds latency_decay() const {
-    return inner_.latency_decay();
-  }
+  requires requires(const T& t) { t.latency_decay(); }
+  [[nodiscard]] std::chrono::nanoseconds latency_decay() const { return inner_.latency_decay(); }
 
   // The ramp factor f(age) in [min_weight, 1].
   [[nodiscard]] double factor(std::int64_t age_ns) const noexcept {
@@ -77,13 +78,17 @@ class slow_start {
   }
 
   // Disabled (window 0, the default): a tail call; the ramp is out of line.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
-    if (o_.window.count() <= 0 || s.empty()) [[likely]] return inner_.pick(s, t.inner, ctx);
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
+    if (o_.window.count() <= 0 || s.empty()) [[likely]]
+      return inner_.pick(s, t.inner, ctx);
     return pick_ramped(s, t, ctx);
   }
 
  private:
-  [[gnu::noinline]] std::optional<std::size_t> pick_ramped(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_ramped(const backend_snapshot& s, const table_type& t,
+                                                           pick_context& ctx) {
     const std::int64_t now = ctx.now();
     filter_data data{this, now, factor(now - t.oldest_since)};
     {

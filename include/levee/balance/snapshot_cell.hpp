@@ -4,9 +4,9 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <chrono>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -34,15 +34,16 @@ class reader_slot_holder {
     while (bits != ~std::uint64_t{0}) {
       const unsigned i = static_cast<unsigned>(std::countr_one(bits));
       // acquire: the previous owner's last count update happens-before ours.
-      if (reader_slot_bits.compare_exchange_weak(bits, bits | (std::uint64_t{1} << i), std::memory_order_acquire,
-                                                 std::memory_order_relaxed)) {
+      if (reader_slot_bits.compare_exchange_weak(bits, bits | (std::uint64_t{1} << i),
+                                                 std::memory_order_acquire, std::memory_order_relaxed)) {
         index_ = i;
         return;
       }
     }
   }
   ~reader_slot_holder() {
-    if (index_ < reader_slots) reader_slot_bits.fetch_and(~(std::uint64_t{1} << index_), std::memory_order_release);
+    if (index_ < reader_slots)
+      reader_slot_bits.fetch_and(~(std::uint64_t{1} << index_), std::memory_order_release);
   }
   reader_slot_holder(const reader_slot_holder&) = delete;
   reader_slot_holder& operator=(const reader_slot_holder&) = delete;
@@ -123,7 +124,8 @@ class snapshot_cell {
 
    private:
     friend class snapshot_cell;
-    read_guard(std::atomic<std::uint64_t>* c, const T* p, bool owned) noexcept : counter_(c), p_(p), owned_(owned) {}
+    read_guard(std::atomic<std::uint64_t>* c, const T* p, bool owned) noexcept
+        : counter_(c), p_(p), owned_(owned) {}
     std::atomic<std::uint64_t>* counter_;
     const T* p_;
     bool owned_;

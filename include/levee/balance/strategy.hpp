@@ -45,11 +45,11 @@ class pick_context {
 
   explicit pick_context(rng& r) noexcept : rng_(&r) {}
 
-  std::optional<std::uint64_t> key;      // affinity key for hashing strategies
-  std::span<const backend_id> tried;     // backends this job already used: never picked again
-  std::optional<std::uint32_t> tier;     // set by failover: only this tier is eligible
-  bool ignore_health = false;            // set by health in panic: route over every backend
-  bool last_resort = false;              // set by failover on its final pass over the tiers
+  std::optional<std::uint64_t> key;   // affinity key for hashing strategies
+  std::span<const backend_id> tried;  // backends this job already used: never picked again
+  std::optional<std::uint32_t> tier;  // set by failover: only this tier is eligible
+  bool ignore_health = false;         // set by health in panic: route over every backend
+  bool last_resort = false;           // set by failover on its final pass over the tiers
 
  private:
   // Next to the flags above, so that one store clears them all.
@@ -57,7 +57,6 @@ class pick_context {
   std::uint8_t nfilters_ = 0;
 
  public:
-
   LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] rng& random() noexcept { return *rng_; }
 
   // Time for time-dependent pieces (ns since the clock's epoch). Read from the
@@ -88,7 +87,8 @@ class pick_context {
   LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool eligible(const backend_snapshot& s, std::size_t i) {
     const backend_entry& e = s[i];
     if ((!e.healthy && !ignore_health) || (tier && e.tier != *tier) || e.at_capacity()) return false;
-    if (tried.empty() && nfilters_ == 0) [[likely]] return true;
+    if (tried.empty() && nfilters_ == 0) [[likely]]
+      return true;
     return eligible_slow(s, i);
   }
 
@@ -96,13 +96,17 @@ class pick_context {
   // tried, no decorator filter. If also every backend of the snapshot is open
   // (detail::all_open: healthy, no max_in_flight), every backend is eligible
   // and a strategy may skip eligible() altogether.
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool unrestricted() const noexcept { return !tier && tried.empty() && nfilters_ == 0; }
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] bool unrestricted() const noexcept {
+    return !tier && tried.empty() && nfilters_ == 0;
+  }
 
   // RAII: pushes a filter, pops it on destruction. Depth is checked at
   // compile time through strategy_traits::filter_depth.
   class filter_scope {
    public:
-    filter_scope(pick_context& c, pick_filter f) noexcept : c_(c) { c_.filters_[c_.nfilters_++] = f; }  // depth: see strategy_traits
+    filter_scope(pick_context& c, pick_filter f) noexcept : c_(c) {
+      c_.filters_[c_.nfilters_++] = f;
+    }  // depth: see strategy_traits
     filter_scope(const filter_scope&) = delete;
     filter_scope& operator=(const filter_scope&) = delete;
     ~filter_scope() { --c_.nfilters_; }
@@ -136,11 +140,12 @@ class pick_context {
 // pick() returns nullopt only when no eligible backend exists.
 template <class S>
 concept strategy = std::move_constructible<S> &&
-    requires(S& s, const S& cs, const backend_snapshot& snap, const typename S::table_type& t, pick_context& ctx) {
-      typename S::table_type;
-      { cs.build(snap) } -> std::same_as<typename S::table_type>;
-      { s.pick(snap, t, ctx) } -> std::same_as<std::optional<std::size_t>>;
-    };
+    requires(S& s, const S& cs, const backend_snapshot& snap, const typename S::table_type& t,
+             pick_context& ctx) {
+  typename S::table_type;
+  { cs.build(snap) } -> std::same_as<typename S::table_type>;
+  { s.pick(snap, t, ctx) } -> std::same_as<std::optional<std::size_t>>;
+};
 
 namespace detail {
 // The extra admission rule of pick_admitting() when there is none.
@@ -157,8 +162,8 @@ struct admit_all {
 // instead of pushing a filter, which costs the unrestricted fast path and
 // two indirect calls per candidate.
 template <class S>
-concept admitting_strategy = strategy<S> && requires(S& s, const backend_snapshot& snap, const typename S::table_type& t,
-                                                     pick_context& ctx) {
+concept admitting_strategy = strategy<S> &&
+    requires(S& s, const backend_snapshot& snap, const typename S::table_type& t, pick_context& ctx) {
   { s.pick_admitting(snap, t, ctx, detail::admit_all{}) } -> std::same_as<std::optional<std::size_t>>;
 };
 
@@ -170,22 +175,29 @@ concept admitting_strategy = strategy<S> && requires(S& s, const backend_snapsho
 template <class S>
 struct strategy_traits {
   static constexpr bool needs_total_load = [] {
-    if constexpr (requires { S::needs_total_load; }) return static_cast<bool>(S::needs_total_load);
-    else return false;
+    if constexpr (requires { S::needs_total_load; })
+      return static_cast<bool>(S::needs_total_load);
+    else
+      return false;
   }();
   // Whether picks read backends' in-flight counts. Conservative default
   // true; strategies that never do declare reads_load = false, which lets
   // balancer::try_pick_keeping hand a caller's held lease back without
   // touching the count (its own slot cannot bias a pick that ignores loads).
   static constexpr bool reads_load = [] {
-    if constexpr (requires { S::reads_load; }) return static_cast<bool>(S::reads_load);
-    else return true;
+    if constexpr (requires { S::reads_load; })
+      return static_cast<bool>(S::reads_load);
+    else
+      return true;
   }();
   static constexpr std::size_t filter_depth = [] {
-    if constexpr (requires { S::filter_depth; }) return static_cast<std::size_t>(S::filter_depth);
-    else return std::size_t{0};
+    if constexpr (requires { S::filter_depth; })
+      return static_cast<std::size_t>(S::filter_depth);
+    else
+      return std::size_t{0};
   }();
-  static_assert(filter_depth <= pick_context::max_filters, "levee: too many nested decorators for pick_context::max_filters");
+  static_assert(filter_depth <= pick_context::max_filters,
+                "levee: too many nested decorators for pick_context::max_filters");
 };
 
 struct no_table {};
@@ -226,7 +238,8 @@ LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] inline std::size_t thread_stripe() noex
 class striped_cursor {
  public:
   explicit striped_cursor(std::uint64_t seed) noexcept {
-    for (std::size_t i = 0; i < cursor_stripes; ++i) slots_[i].pos.store(hash64(i, seed), std::memory_order_relaxed);
+    for (std::size_t i = 0; i < cursor_stripes; ++i)
+      slots_[i].pos.store(hash64(i, seed), std::memory_order_relaxed);
   }
   striped_cursor(const striped_cursor& o) noexcept {
     for (std::size_t i = 0; i < cursor_stripes; ++i)
@@ -275,8 +288,8 @@ class striped_cursor {
 
 // Sign of (a_load + plus) / a_w - (b_load + plus) / b_w, exactly (128-bit
 // cross products).
-[[nodiscard]] inline int compare_load(std::int64_t a_load, std::uint32_t a_w, std::int64_t b_load, std::uint32_t b_w,
-                                      std::uint64_t plus = 1) noexcept {
+[[nodiscard]] inline int compare_load(std::int64_t a_load, std::uint32_t a_w, std::int64_t b_load,
+                                      std::uint32_t b_w, std::uint64_t plus = 1) noexcept {
   const auto a1 = static_cast<std::uint64_t>(a_load < 0 ? 0 : a_load) + plus;
   const auto b1 = static_cast<std::uint64_t>(b_load < 0 ? 0 : b_load) + plus;
   const std::uint64_t l_hi = mul_high64(a1, b_w), l_lo = a1 * b_w;
@@ -289,7 +302,8 @@ class striped_cursor {
 // O(n) fallback: weighted random choice among eligible (and admitted, see
 // pick_admitting) backends (one pass, weighted reservoir sampling).
 template <class Admit = admit_all>
-[[nodiscard]] std::optional<std::size_t> scan_weighted_random(const backend_snapshot& s, pick_context& ctx, Admit admit = {}) {
+[[nodiscard]] std::optional<std::size_t> scan_weighted_random(const backend_snapshot& s, pick_context& ctx,
+                                                              Admit admit = {}) {
   std::optional<std::size_t> best;
   std::uint64_t total = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
@@ -302,7 +316,8 @@ template <class Admit = admit_all>
 
 // O(n): the eligible backend with the least (in_flight + 1) / weight, ties
 // broken uniformly (reservoir sampling over the tied set).
-[[nodiscard]] inline std::optional<std::size_t> scan_least_loaded(const backend_snapshot& s, pick_context& ctx) {
+[[nodiscard]] inline std::optional<std::size_t> scan_least_loaded(const backend_snapshot& s,
+                                                                  pick_context& ctx) {
   std::optional<std::size_t> best;
   std::int64_t best_load = 0;
   std::uint64_t ties = 0;

@@ -51,8 +51,9 @@ class weighted_round_robin {
       const std::uint64_t cap = std::max<std::uint64_t>(max_period, n);
       total = 0;
       for (std::size_t i = 0; i < n; ++i) {
-        const auto scaled = static_cast<std::uint64_t>(static_cast<double>(s[i].weight) * static_cast<double>(cap) /
-                                                       static_cast<double>(s.total_weight()));
+        const auto scaled =
+            static_cast<std::uint64_t>(static_cast<double>(s[i].weight) * static_cast<double>(cap) /
+                                       static_cast<double>(s.total_weight()));
         total += w[i] = std::max<std::uint64_t>(1, scaled);
       }
     }
@@ -71,19 +72,23 @@ class weighted_round_robin {
     return t;
   }
 
-  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  LEVEE_DETAIL_ALWAYS_INLINE [[nodiscard]] std::optional<std::size_t> pick(const backend_snapshot& s,
+                                                                           const table_type& t,
+                                                                           pick_context& ctx) {
     const std::size_t period = t.sequence.size();
     if (period == 0 || s.empty()) return std::nullopt;
     // An ineligible entry is consumed like any other, so the eligible
     // backends keep their relative shares (as when NGINX skips a peer).
     // First probe inline (see round_robin::pick), the rest out of line.
     const std::size_t i = t.sequence[cursor_.next(period)];
-    if (ctx.eligible(s, i)) [[likely]] return i;
+    if (ctx.eligible(s, i)) [[likely]]
+      return i;
     return pick_rest(s, t, ctx);
   }
 
  private:
-  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, const table_type& t, pick_context& ctx) {
+  [[gnu::noinline]] std::optional<std::size_t> pick_rest(const backend_snapshot& s, const table_type& t,
+                                                         pick_context& ctx) {
     const std::size_t period = t.sequence.size();
     const std::size_t probes = std::min<std::size_t>(period, 2 * s.size() + 8);
     for (std::size_t k = 1; k < probes; ++k) {

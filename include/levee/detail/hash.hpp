@@ -26,8 +26,12 @@ namespace levee::detail {
 
 // The salt a seed turns into; hash64(v, seed) == hash64_salted(v, hash_salt(seed)),
 // so a hot path can precompute the salt once.
-[[nodiscard]] constexpr std::uint64_t hash_salt(std::uint64_t seed) noexcept { return mix64(seed + 0x9e3779b97f4a7c15ULL); }
-[[nodiscard]] constexpr std::uint64_t hash64_salted(std::uint64_t value, std::uint64_t salt) noexcept { return mix64(value ^ salt); }
+[[nodiscard]] constexpr std::uint64_t hash_salt(std::uint64_t seed) noexcept {
+  return mix64(seed + 0x9e3779b97f4a7c15ULL);
+}
+[[nodiscard]] constexpr std::uint64_t hash64_salted(std::uint64_t value, std::uint64_t salt) noexcept {
+  return mix64(value ^ salt);
+}
 
 // Hash of one 64-bit value under a seed. Different seeds give independent-
 // looking functions (the seed is mixed before it meets the value).
@@ -37,7 +41,8 @@ namespace levee::detail {
 
 // Hash of an ordered pair, e.g. (key, backend id) for rendezvous hashing or
 // (backend id, replica number) for ring points. Not symmetric.
-[[nodiscard]] constexpr std::uint64_t hash_pair(std::uint64_t a, std::uint64_t b, std::uint64_t seed = 0) noexcept {
+[[nodiscard]] constexpr std::uint64_t hash_pair(std::uint64_t a, std::uint64_t b,
+                                                std::uint64_t seed = 0) noexcept {
   return mix64(hash64(a, seed) ^ (b * 0xc2b2ae3d27d4eb4fULL + 0x165667b19e3779f9ULL));
 }
 
@@ -47,7 +52,9 @@ namespace levee::detail {
   std::uint64_t h = mix64(seed ^ (static_cast<std::uint64_t>(bytes.size()) * 0x9e3779b97f4a7c15ULL));
   std::size_t i = 0;
   const std::size_t n = bytes.size();
-  auto byte_at = [&](std::size_t k) { return static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[k])); };
+  auto byte_at = [&](std::size_t k) {
+    return static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[k]));
+  };
   for (; i + 8 <= n; i += 8) {
     std::uint64_t w = 0;
     for (std::size_t k = 0; k < 8; ++k) w |= byte_at(i + k) << (8 * k);

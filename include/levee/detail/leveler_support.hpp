@@ -3,10 +3,6 @@
 // lock-free time-windowed counter, the retry budget and jittered backoff.
 #pragma once
 
-#include <levee/clock.hpp>
-#include <levee/detail/cache.hpp>
-#include <levee/detail/wait.hpp>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -14,6 +10,9 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <levee/clock.hpp>
+#include <levee/detail/cache.hpp>
+#include <levee/detail/wait.hpp>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -53,7 +52,8 @@ class leveler_batch {
   // refill() may run.
   [[nodiscard]] bool refillable() const noexcept {
     const std::uint64_t e = end_.load(std::memory_order_relaxed);
-    return front_.load(std::memory_order_relaxed) == e && owner_done_ + stolen_done_.load(std::memory_order_acquire) == e;
+    return front_.load(std::memory_order_relaxed) == e &&
+           owner_done_ + stolen_done_.load(std::memory_order_acquire) == e;
   }
 
   // Owner only, when refillable(): pop(out, max) moves up to `max` <= N
@@ -114,7 +114,6 @@ class leveler_batch {
   alignas(false_sharing_range) std::atomic<std::uint64_t> stolen_done_{0};
   std::array<std::optional<T>, N> slots_;
 };
-
 
 // A "something changed, look again" event with a timed wait on the owner's
 // clock. Usage by a waiter:
@@ -298,8 +297,10 @@ class leveler_rng {
 
 // Full-jitter exponential backoff: uniform in [0, min(cap, base * 2^(retry-1))].
 // retry counts from 1 (the first retry).
-[[nodiscard]] inline std::chrono::nanoseconds leveler_backoff(std::chrono::nanoseconds base, std::chrono::nanoseconds cap,
-                                                              std::uint32_t retry, leveler_rng& rng) noexcept {
+[[nodiscard]] inline std::chrono::nanoseconds leveler_backoff(std::chrono::nanoseconds base,
+                                                              std::chrono::nanoseconds cap,
+                                                              std::uint32_t retry,
+                                                              leveler_rng& rng) noexcept {
   const auto b = static_cast<std::uint64_t>(std::max<std::int64_t>(base.count(), 0));
   const auto c = static_cast<std::uint64_t>(std::max<std::int64_t>(cap.count(), 0));
   std::uint64_t ceiling = b;
@@ -314,7 +315,8 @@ class leveler_rng {
 // recognised without a separate reset.
 class leveler_window_counter {
  public:
-  leveler_window_counter(std::chrono::nanoseconds width, std::size_t slots) : width_(width.count()), slots_(slots) {}
+  leveler_window_counter(std::chrono::nanoseconds width, std::size_t slots)
+      : width_(width.count()), slots_(slots) {}
 
   void add(std::int64_t now_ns, std::uint64_t n = 1) noexcept {
     const std::uint64_t e = epoch(now_ns);
@@ -333,13 +335,15 @@ class leveler_window_counter {
   void add_exclusive(std::int64_t now_ns, std::uint64_t n = 1) noexcept {
     if (now_ns < last_lo_ || now_ns >= last_hi_) {
       last_e_ = epoch(now_ns);
-      last_lo_ = now_ns <= 0 ? std::numeric_limits<std::int64_t>::min() : static_cast<std::int64_t>(last_e_) * width_;
+      last_lo_ = now_ns <= 0 ? std::numeric_limits<std::int64_t>::min()
+                             : static_cast<std::int64_t>(last_e_) * width_;
       last_hi_ = static_cast<std::int64_t>(last_e_ + 1) * width_;
     }
     const std::uint64_t e = last_e_;
     auto& s = slots_[e % slots_.size()];
     const std::uint64_t cur = s.load(std::memory_order_relaxed);
-    s.store(tag(cur) == (e & tag_mask) ? cur + n : ((e & tag_mask) << count_bits) | n, std::memory_order_relaxed);
+    s.store(tag(cur) == (e & tag_mask) ? cur + n : ((e & tag_mask) << count_bits) | n,
+            std::memory_order_relaxed);
   }
 
   // Events in the `full` whole slots before the current one, plus the current
@@ -356,7 +360,8 @@ class leveler_window_counter {
       const std::uint64_t ek = e - k;
       const std::uint64_t v = slots_[ek % slots_.size()].load(std::memory_order_relaxed);
       if (tag(v) == (ek & tag_mask)) r.count += v & count_mask;
-      r.span_ns += (k == 0) ? std::max<std::int64_t>(now_ns, 0) - static_cast<std::int64_t>(e) * width_ : width_;
+      r.span_ns +=
+          (k == 0) ? std::max<std::int64_t>(now_ns, 0) - static_cast<std::int64_t>(e) * width_ : width_;
     }
     return r;
   }
@@ -389,12 +394,14 @@ class leveler_window_counter {
 // first submission of a slot takes a mutex (once per slot width).
 class leveler_arrival_log {
  public:
-  leveler_arrival_log(std::chrono::nanoseconds width, std::size_t slots) : width_(width.count()), obs_(slots) {}
+  leveler_arrival_log(std::chrono::nanoseconds width, std::size_t slots)
+      : width_(width.count()), obs_(slots) {}
 
   // `count()` returns the number of submissions before this one.
   template <class Count>
   void observe(std::int64_t now_ns, Count&& count) {
-    if (now_ns < next_ns_.load(std::memory_order_relaxed)) [[likely]] return;
+    if (now_ns < next_ns_.load(std::memory_order_relaxed)) [[likely]]
+      return;
     std::lock_guard lock(mutex_);
     if (now_ns < next_ns_.load(std::memory_order_relaxed)) return;
     const std::uint64_t e = epoch(now_ns);
@@ -451,7 +458,9 @@ class leveler_retry_budget {
   static constexpr std::chrono::seconds window{10};
 
   leveler_retry_budget(double ratio, std::uint32_t min_per_second)
-      : ratio_(ratio), min_per_second_(min_per_second), deposits_(std::chrono::seconds{1}, 11),
+      : ratio_(ratio),
+        min_per_second_(min_per_second),
+        deposits_(std::chrono::seconds{1}, 11),
         withdrawals_(std::chrono::seconds{1}, 11) {}
 
   void deposit(std::int64_t now_ns) noexcept { deposits_.add(now_ns); }

@@ -18,7 +18,8 @@ namespace levee::detail {
 struct metrics_histogram_layout {
   static constexpr unsigned sub_bits = 5;
   static constexpr std::uint64_t sub_count = std::uint64_t{1} << sub_bits;
-  static constexpr std::size_t bucket_count = static_cast<std::size_t>(sub_count + (64 - sub_bits) * sub_count);
+  static constexpr std::size_t bucket_count =
+      static_cast<std::size_t>(sub_count + (64 - sub_bits) * sub_count);
 
   [[nodiscard]] static constexpr std::size_t index_of(std::uint64_t v) noexcept {
     if (v < sub_count) return static_cast<std::size_t>(v);
@@ -92,7 +93,8 @@ class metrics_histogram {
   }
 
   void add_to(metrics_histogram_counts& out) const noexcept {
-    for (std::size_t i = 0; i < layout::bucket_count; ++i) out.buckets[i] += buckets_[i].load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < layout::bucket_count; ++i)
+      out.buckets[i] += buckets_[i].load(std::memory_order_relaxed);
     out.count += count_.load(std::memory_order_relaxed);
     out.sum += sum_.load(std::memory_order_relaxed);
     const std::uint64_t mx = max_.load(std::memory_order_relaxed);

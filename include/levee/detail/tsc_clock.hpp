@@ -91,8 +91,8 @@ struct tsc_calibration {
   std::mutex m;
   std::int64_t base_ns = 0;
   std::uint64_t base_tsc = 0;
-  double ns_per_tick = 0.0;  // 0: not calibrated yet
-  std::int64_t span_ns = 0;  // the span ns_per_tick was measured over
+  double ns_per_tick = 0.0;     // 0: not calibrated yet
+  std::int64_t span_ns = 0;     // the span ns_per_tick was measured over
   std::uint64_t discarded = 0;  // calibrations thrown away by the self-check
 };
 
@@ -121,7 +121,8 @@ inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
 [[nodiscard]] constexpr bool tsc_consistent(std::int64_t error_ns, std::int64_t elapsed_ns) noexcept {
   const double e = static_cast<double>(error_ns < 0 ? -error_ns : error_ns);
   // Two anchors, each off by <= tsc_max_pair_ns / 2, plus the ratio's error.
-  return e <= static_cast<double>(tsc_max_pair_ns) + 2e-4 * static_cast<double>(elapsed_ns < 0 ? 0 : elapsed_ns);
+  return e <=
+         static_cast<double>(tsc_max_pair_ns) + 2e-4 * static_cast<double>(elapsed_ns < 0 ? 0 : elapsed_ns);
 }
 
 [[nodiscard]] inline std::int64_t tsc_reanchor(tsc_anchor& a) noexcept {
@@ -145,7 +146,8 @@ inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
       // The previous anchor's extrapolation to this pair, against the real clock.
       if (a.window_ticks != 0) {
         const bool forward = t >= a.tsc;
-        const auto predicted = a.ns + static_cast<std::int64_t>(static_cast<double>(t - a.tsc) * a.ns_per_tick);
+        const auto predicted =
+            a.ns + static_cast<std::int64_t>(static_cast<double>(t - a.tsc) * a.ns_per_tick);
         if (!forward || !tsc_consistent(predicted - ns, ns - a.ns)) {
           g.rebase();
           ++g.discarded;
@@ -164,7 +166,8 @@ inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
   a.ns = ns;
   a.ns_per_tick = ratio;
   // No extrapolation from a bad pair or without a ratio: the next call reads the clock again.
-  a.window_ticks = good && ratio > 0 ? static_cast<std::uint64_t>(static_cast<double>(tsc_window_ns) / ratio) : 0;
+  a.window_ticks =
+      good && ratio > 0 ? static_cast<std::uint64_t>(static_cast<double>(tsc_window_ns) / ratio) : 0;
   return ns;
 }
 

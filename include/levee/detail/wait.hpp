@@ -54,9 +54,10 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
-                  std::atomic<std::uint32_t>::is_always_lock_free,
-              "levee parks threads on std::atomic<uint32_t> words: they must be plain lock-free 32-bit words");
+static_assert(
+    sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+        std::atomic<std::uint32_t>::is_always_lock_free,
+    "levee parks threads on std::atomic<uint32_t> words: they must be plain lock-free 32-bit words");
 
 // A deadline resolved to something the parking primitive understands: none
 // (wait until woken), or an absolute time on CLOCK_MONOTONIC / CLOCK_REALTIME.
@@ -70,7 +71,8 @@ struct park_deadline {
 // overflowing (time_point<Clock, hours>::max() and the like), rounded up so
 // that a wait never ends early.
 template <class Clock, class Duration>
-[[nodiscard]] std::chrono::time_point<Clock> saturate_deadline(const std::chrono::time_point<Clock, Duration>& tp) {
+[[nodiscard]] std::chrono::time_point<Clock> saturate_deadline(
+    const std::chrono::time_point<Clock, Duration>& tp) {
   using namespace std::chrono;
   using D = typename Clock::duration;
   if constexpr (std::is_same_v<Duration, D>) {
@@ -93,13 +95,15 @@ template <class Clock, class Duration>
   using namespace std::chrono;
   // In double seconds: subtracting time points of different durations in
   // their common type could overflow (e.g. hours::max() in nanoseconds).
-  const auto remaining = duration<double>(tp.time_since_epoch()) - duration<double>(Clock::now().time_since_epoch());
+  const auto remaining =
+      duration<double>(tp.time_since_epoch()) - duration<double>(Clock::now().time_since_epoch());
   if (remaining <= duration<double>::zero()) return {park_deadline::kind::expired, 0, 0};
   if (remaining > far_future_limit) return {};
   auto absolute = [](auto since_epoch, park_deadline::kind k) {
     const auto ns = ceil<nanoseconds>(since_epoch);
     const auto s = floor<seconds>(ns);
-    return park_deadline{k, static_cast<std::int64_t>(s.count()), static_cast<std::int64_t>((ns - s).count())};
+    return park_deadline{k, static_cast<std::int64_t>(s.count()),
+                         static_cast<std::int64_t>((ns - s).count())};
   };
   if constexpr (std::is_same_v<Clock, steady_clock>) {
     // libstdc++ and libc++ implement steady_clock with CLOCK_MONOTONIC.
@@ -122,7 +126,8 @@ inline std::uint32_t* futex_word(std::atomic<std::uint32_t>& word) noexcept {
 
 // Blocks while word == expected, until woken or the deadline. May return
 // spuriously; the caller re-checks its condition.
-inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const park_deadline& d = {}) noexcept {
+inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                 const park_deadline& d = {}) noexcept {
   if (d.k == park_deadline::kind::expired) return;
   if (d.k == park_deadline::kind::none) {
     syscall(SYS_futex, futex_word(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
@@ -131,7 +136,8 @@ inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const
   timespec ts{};
   ts.tv_sec = static_cast<time_t>(d.sec);
   ts.tv_nsec = static_cast<long>(d.nsec);
-  const int op = FUTEX_WAIT_BITSET_PRIVATE | (d.k == park_deadline::kind::realtime ? FUTEX_CLOCK_REALTIME : 0);
+  const int op =
+      FUTEX_WAIT_BITSET_PRIVATE | (d.k == park_deadline::kind::realtime ? FUTEX_CLOCK_REALTIME : 0);
   syscall(SYS_futex, futex_word(word), op, expected, &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
 }
 
@@ -151,7 +157,8 @@ inline park_bucket& bucket_for(const void* address) noexcept {
   return table[std::hash<const void*>{}(address) % 64];
 }
 
-inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const park_deadline& d = {}) noexcept {
+inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                 const park_deadline& d = {}) noexcept {
   using namespace std::chrono;
   if (d.k == park_deadline::kind::expired) return;
   park_bucket& b = bucket_for(&word);
@@ -160,9 +167,11 @@ inline void park(std::atomic<std::uint32_t>& word, std::uint32_t expected, const
   if (d.k == park_deadline::kind::none) {
     b.cv.wait(lock);
   } else if (d.k == park_deadline::kind::realtime) {
-    b.cv.wait_until(lock, system_clock::time_point(duration_cast<system_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
+    b.cv.wait_until(lock, system_clock::time_point(
+                              duration_cast<system_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
   } else {
-    b.cv.wait_until(lock, steady_clock::time_point(duration_cast<steady_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
+    b.cv.wait_until(lock, steady_clock::time_point(
+                              duration_cast<steady_clock::duration>(seconds(d.sec) + nanoseconds(d.nsec))));
   }
 }
 

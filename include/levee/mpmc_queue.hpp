@@ -664,11 +664,7 @@ class mpmc_queue {
 
   template <class Rep, class Period>
   static std::chrono::steady_clock::time_point deadline_after(const std::chrono::duration<Rep, Period>& d) {
-    using namespace std::chrono;
-    const auto now = steady_clock::now();
-    if (d <= d.zero()) return now;
-    if (duration<double>(d) > detail::far_future_limit) return steady_clock::time_point::max();
-    return now + ceil<steady_clock::duration>(d);
+    return detail::deadline_after<std::chrono::steady_clock>(std::chrono::steady_clock::now(), d);
   }
 
   static constexpr unsigned busy_spin_limit = 64;

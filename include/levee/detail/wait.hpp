@@ -11,6 +11,8 @@
 #include <thread>
 #include <type_traits>
 
+#include "time.hpp"
+
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <linux/membarrier.h>
@@ -66,29 +68,6 @@ struct park_deadline {
   std::int64_t sec = 0;
   std::int64_t nsec = 0;
 };
-
-// A deadline converted to the clock's own duration, saturating instead of
-// overflowing (time_point<Clock, hours>::max() and the like), rounded up so
-// that a wait never ends early.
-template <class Clock, class Duration>
-[[nodiscard]] std::chrono::time_point<Clock> saturate_deadline(
-    const std::chrono::time_point<Clock, Duration>& tp) {
-  using namespace std::chrono;
-  using D = typename Clock::duration;
-  if constexpr (std::is_same_v<Duration, D>) {
-    return tp;
-  } else {
-    const double s = duration<double>(tp.time_since_epoch()).count();
-    const double limit = duration<double>(D::max()).count() / 2;
-    if (s >= limit) return time_point<Clock>(D::max());
-    if (s <= -limit) return time_point<Clock>(D::min());
-    return time_point<Clock>(ceil<D>(tp.time_since_epoch()));
-  }
-}
-
-// Anything further away than this is treated as "no deadline": it avoids
-// overflow in clock arithmetic for time_point::max() and similar sentinels.
-inline constexpr std::chrono::duration<double> far_future_limit{3.0e9};  // ~95 years
 
 template <class Clock, class Duration>
 [[nodiscard]] park_deadline to_park_deadline(const std::chrono::time_point<Clock, Duration>& tp) {

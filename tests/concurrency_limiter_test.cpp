@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "eventually.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -124,7 +125,7 @@ TEST_CASE("acquire blocks until a release; raising the limit wakes waiters") {
     permit p = cl.acquire();
     got = static_cast<bool>(p);
   });
-  std::this_thread::sleep_for(20ms);
+  CHECK(levee_test::eventually([&] { return cl.waiters_approx() == 1; }));  // parked
   CHECK_FALSE(got.load());
   held.release();
   th.join();
@@ -137,9 +138,10 @@ TEST_CASE("acquire blocks until a release; raising the limit wakes waiters") {
     ws.emplace_back([&] {
       permit p = cl.acquire();
       if (p) woke.fetch_add(1);
-      std::this_thread::sleep_for(50ms);  // hold it so the others need the raised limit
+      // hold it until all three have one: only the raised limit allows that
+      (void)levee_test::eventually([&] { return woke.load() == 3; });
     });
-  std::this_thread::sleep_for(20ms);
+  CHECK(levee_test::eventually([&] { return cl.waiters_approx() == 3; }));  // all parked
   CHECK(woke.load() == 0);
   cl.set_limit(4);
   for (auto& w : ws) w.join();
@@ -169,7 +171,7 @@ TEST_CASE("timed acquisition times out; close() wakes waiters with empty permits
   CHECK(std::chrono::steady_clock::now() - t0 >= 30ms);
   std::atomic<int> result{-1};
   std::thread th([&] { result = cl.acquire() ? 1 : 0; });
-  std::this_thread::sleep_for(20ms);
+  CHECK(levee_test::eventually([&] { return cl.waiters_approx() == 1; }));  // parked: close must wake it
   cl.close();
   th.join();
   CHECK(result.load() == 0);
@@ -177,4 +179,56 @@ TEST_CASE("timed acquisition times out; close() wakes waiters with empty permits
   CHECK_FALSE(cl.try_acquire());
   held.release();
   CHECK(cl.in_flight() == 0);
+}
+
+TEST_CASE("maximum durations and extreme deadlines: no deadline or an immediate answer, never UB") {
+  using namespace std::chrono;
+  concurrency_limiter cl(1);
+  permit held = cl.acquire();
+  // in the past or minimal: give up at once
+  CHECK_FALSE(cl.try_acquire_for(nanoseconds::min()));
+  CHECK_FALSE(cl.try_acquire_for(hours::min()));
+  CHECK_FALSE(cl.try_acquire_for(-1s));
+  CHECK_FALSE(cl.try_acquire_until(steady_clock::time_point::min()));
+  CHECK_FALSE(cl.try_acquire_until(time_point<system_clock, hours>::min()));
+  CHECK_FALSE(cl.try_acquire_until(time_point<steady_clock, hours>::min()));
+  // maximal: wait without a deadline until a release (or close)
+  for (int which = 0; which < 6; ++which) {
+    INFO("variant " << which);
+    std::atomic<int> result{-1};
+    std::thread th([&] {
+      permit p;
+      switch (which) {
+        case 0:
+          p = cl.try_acquire_for(hours::max());
+          break;
+        case 1:
+          p = cl.try_acquire_for(nanoseconds::max());
+          break;
+        case 2:
+          p = cl.try_acquire_for(duration<double>(1e300));
+          break;
+        case 3:
+          p = cl.try_acquire_until(steady_clock::time_point::max());
+          break;
+        case 4:
+          p = cl.try_acquire_until(time_point<system_clock, hours>::max());
+          break;
+        default:
+          p = cl.try_acquire_until(time_point<steady_clock, hours>::max());
+          break;
+      }
+      result = p ? 1 : 0;
+    });
+    const bool parked =
+        levee_test::eventually([&] { return cl.waiters_approx() == 1 || result.load() >= 0; });
+    CHECK(parked);
+    CHECK(result.load() == -1);  // waiting, not timed out at once
+    held.release();
+    const bool ended = levee_test::eventually([&] { return result.load() >= 0; });
+    if (!ended) cl.close();  // fail rather than hang
+    th.join();
+    CHECK(result.load() == 1);
+    held = cl.acquire();
+  }
 }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -440,19 +441,149 @@ TEST_CASE("set_rate under concurrent demand: windows after the change obey the n
   CHECK(rep.ok);
 }
 
-TEST_CASE("set_burst: lowering keeps the debt, raising does not hand out the extra capacity at once") {
+TEST_CASE("set_burst: lowering caps the bucket, raising does not hand out the extra capacity at once") {
   manual_clock clk;
   limiter lim(rate::per_second(100), 10, clk);
   const tp t0 = clk.now();
   REQUIRE(lim.try_acquire(4, t0));
   lim.set_burst(3);
   CHECK(lim.burst() == 3);
-  CHECK(lim.available(t0) == 0);  // 4 permits of debt > new bucket
-  CHECK(lim.available(t0 + 20ms) == 1);
+  CHECK(lim.available(t0) == 3);  // min(6 left, new burst 3)
+  REQUIRE(lim.try_acquire(3, t0));
+  CHECK(lim.available(t0) == 0);
+  CHECK(lim.available(t0 + 10ms) == 1);
   lim.set_burst(20);
-  CHECK(lim.available(t0 + 20ms) == 1);  // extra capacity accrues at the rate
-  CHECK(lim.available(t0 + 60ms) == 5);
+  CHECK(lim.available(t0) == 0);         // raising keeps the number available now
+  CHECK(lim.available(t0 + 10ms) == 1);  // extra capacity accrues at the rate
+  CHECK(lim.available(t0 + 50ms) == 5);
   CHECK(lim.available(t0 + 10s) == 20);
+  // lowering with 5 of 20 available: 5 stay available under a burst of 8, 2 under a burst of 2
+  clk.set(t0 + 50ms);
+  lim.set_burst(8);
+  CHECK(lim.available(t0 + 50ms) == 5);
+  lim.set_burst(2);
+  CHECK(lim.available(t0 + 50ms) == 2);
+  CHECK(lim.available(t0 + 60ms) == 2);
+}
+
+TEST_CASE("set_burst: lowering then raising creates no debt without an admission (issue 15, defect 4)") {
+  manual_clock clk;
+  limiter lim(rate::per_second(5), 200, clk);
+  for (int i = 0; i < 3; ++i) {
+    lim.set_burst(1);
+    lim.set_burst(200);
+  }
+  CHECK(lim.available_at(1) == clk.now());  // was now + 79.6 s
+  CHECK(lim.available(clk.now()) == 1);     // the full bucket was capped at 1 by the first lowering
+  for (int i = 0; i < 1000; ++i) {
+    lim.set_burst(1);
+    lim.set_burst(200);
+  }
+  CHECK(lim.available_at(1) == clk.now());  // was now + 11 h
+  CHECK(lim.try_acquire(1, clk.now()));
+  CHECK_FALSE(lim.try_acquire(1, clk.now()));
+  CHECK(lim.available_at(1) == clk.now() + 200ms);
+}
+
+TEST_CASE("reconfigurations without admissions never take away an available permit (random sequences)") {
+  // The invariant the fuzzer checks: when at least one permit is available,
+  // no sequence of set_rate/set_burst calls (at any times, without
+  // admissions) pushes available_at(1) beyond now + one emission interval;
+  // and set_burst alone keeps it exactly at now.
+  std::mt19937_64 rng(15);
+  for (int trial = 0; trial < 200; ++trial) {
+    manual_clock clk;
+    limiter lim(rate::per_second(1000), 1 + rng() % 50, clk);
+    // a random state with at least one permit available
+    const std::uint64_t used = rng() % lim.burst();
+    if (used > 0) REQUIRE(lim.try_acquire(used, clk.now()));
+    REQUIRE(lim.available(clk.now()) >= 1);
+    bool rate_changed = false;
+    std::chrono::nanoseconds slowest{1'000'000};
+    for (int step = 0; step < 40; ++step) {
+      if (rng() % 3 == 0) {
+        const auto interval = std::chrono::nanoseconds(100'000 * (1 + rng() % 40));
+        slowest = std::max(slowest, interval);
+        lim.set_rate(rate::every(interval));
+        rate_changed = true;
+      } else {
+        lim.set_burst(1 + rng() % 300);
+      }
+      if (rng() % 4 == 0) clk.advance(std::chrono::nanoseconds(rng() % 1'000'000));
+      INFO("trial " << trial << " step " << step);
+      if (rate_changed)
+        REQUIRE(lim.available_at(1) <= clk.now() + slowest);
+      else
+        REQUIRE(lim.available_at(1) == clk.now());
+    }
+  }
+}
+
+TEST_CASE("available_at(n): n > burst throws, n == burst of a full bucket is now, agrees with try_acquire") {
+  manual_clock clk;
+  limiter lim(rate::per_second(10), 4, clk);
+  const tp t0 = clk.now();
+  CHECK(lim.available_at(0, t0) == t0);
+  CHECK(lim.available_at(4, t0) == t0);
+  CHECK_THROWS_AS((void)lim.available_at(5, t0), std::invalid_argument);
+  try {
+    (void)lim.available_at(5, t0);
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("n = 5 exceeds burst 4") != std::string::npos);
+  }
+  CHECK_THROWS_AS((void)lim.reserve(5, t0), std::invalid_argument);
+  CHECK_FALSE(lim.try_acquire(5, t0));  // try_ reports, never throws
+  REQUIRE(lim.try_acquire(3, t0));
+  for (std::uint64_t n = 1; n <= 4; ++n) {
+    const tp at = lim.available_at(n, t0);
+    CHECK(at == t0 + std::chrono::milliseconds(100 * static_cast<int>(n > 1 ? n - 1 : 0)));
+    CHECK_FALSE(lim.try_acquire(n, at - 1ns));  // n permits are not there 1 ns earlier
+  }
+  const tp at4 = lim.available_at(4, t0);
+  CHECK(lim.try_acquire(4, at4));
+  // after lowering the burst, the old n throws (a stale burst must be re-read)
+  lim.set_burst(2);
+  CHECK_THROWS_AS((void)lim.available_at(3, at4), std::invalid_argument);
+}
+
+TEST_CASE("set_rate and set_burst: the envelope holds in every configuration segment") {
+  for (const std::uint32_t seed : {1U, 2U, 3U, 4U}) {
+    manual_clock clk;
+    std::mt19937_64 rng(seed);
+    rate r = rate::per_second(1000);
+    std::uint64_t b = 5;
+    limiter lim(r, b, clk);
+    std::vector<tp> segment;
+    std::size_t segments = 0, admitted = 0;
+    auto close_segment = [&] {
+      const auto rep = levee::check_conformance(segment, r, b);
+      INFO("seed " << seed << " segment " << segments << " rate " << r.count() << "/" << r.period().count()
+                   << " ns, burst " << b);
+      CHECK(rep.ok);
+      admitted += segment.size();
+      segment.clear();
+      ++segments;
+    };
+    for (int step = 0; step < 20'000; ++step) {
+      const std::uint64_t dice = rng() % 100;
+      if (dice < 90) {
+        const std::uint64_t n = 1 + rng() % 3;
+        if (lim.try_acquire(n, clk.now())) segment.insert(segment.end(), n, clk.now());
+        clk.advance(std::chrono::nanoseconds(rng() % 700'000));
+      } else if (dice < 95) {
+        close_segment();
+        r = rate::every(std::chrono::nanoseconds(200'000 * (1 + rng() % 10)));
+        lim.set_rate(r);
+      } else {
+        close_segment();
+        b = 1 + rng() % 12;
+        lim.set_burst(b);
+      }
+    }
+    close_segment();
+    CHECK(segments > 1000);
+    CHECK(admitted > 5000);
+  }
 }
 
 TEST_CASE("acquire blocks on the manual clock and returns the admission time") {
@@ -484,11 +615,12 @@ TEST_CASE("raising the rate wakes a sleeping acquire promptly") {
     lim.acquire();
     done = true;
   });
-  std::this_thread::sleep_for(20ms);  // let it go to sleep until t = 1000 s
+  // wait until it sleeps on the clock (until t = 1000 s): the wake-up path is what is tested
+  const bool parked = levee_test::eventually([&] { return clk.waiters_approx() == 1; });
+  CHECK(parked);
   lim.set_rate(rate::per_second(1000));
   clk.advance(1ms);  // enough under the new rate, far too little under the old one
-  for (int i = 0; i < 500 && !done.load(); ++i) std::this_thread::sleep_for(10ms);
-  const bool woke = done.load();
+  const bool woke = levee_test::eventually([&] { return done.load(); });
   if (!woke) clk.advance(2000s);  // release the thread so the test fails instead of hanging
   th.join();
   CHECK(woke);
@@ -507,10 +639,12 @@ TEST_CASE("lowering the burst below a waiter's n makes acquire throw instead of 
       outcome = 0;
     }
   });
-  std::this_thread::sleep_for(20ms);
+  const bool parked = levee_test::eventually([&] { return clk.waiters_approx() == 1; });
+  CHECK(parked);  // asleep in acquire(3): set_burst must wake it
   lim.set_burst(2);
-  for (int i = 0; i < 500 && outcome.load() < 0; ++i) std::this_thread::sleep_for(10ms);
-  if (outcome.load() < 0) clk.advance(1h);  // fail rather than hang
+  const bool ended = levee_test::eventually([&] { return outcome.load() >= 0; });
+  CHECK(ended);
+  if (!ended) clk.advance(1h);  // fail rather than hang
   th.join();
   CHECK(outcome.load() == 0);
 }
@@ -608,7 +742,10 @@ struct reference_gcra {
   }
   void set_burst(i128 b, i128 now) {
     const i128 tau_new = b * interval;
-    if (tau_new > tau) tat = now + std::min(ahead(now) + (tau_new - tau), horizon);
+    if (tau_new > tau)
+      tat = now + std::min(ahead(now) + (tau_new - tau), horizon);  // keeps tau - ahead
+    else if (ahead(now) > 0)
+      tat = now + std::max(ahead(now) - (tau - tau_new), i128{0});  // min(tau - ahead, tau_new)
     burst = b;
     tau = tau_new;
     ++epoch;
@@ -761,4 +898,88 @@ TEST_CASE("real clock: acquire paces at roughly the rate (generous bounds)") {
     CHECK(secs < 5.0);
     CHECK(levee::check_conformance(got, rate::per_second(2000), 1).ok);
   }
+}
+
+TEST_CASE("maximum durations and extreme time points saturate (no deadline, never UB)") {
+  manual_clock clk;
+  limiter lim(rate::per_second(1), 1, clk);
+  REQUIRE(lim.try_acquire(1, clk.now()));
+  // negative and minimal timeouts: fail at once without overflow
+  CHECK_FALSE(lim.try_acquire_for(1, std::chrono::nanoseconds::min()));
+  CHECK_FALSE(lim.try_acquire_for(1, std::chrono::hours::min()));
+  CHECK_FALSE(lim.try_acquire_until(1, tp::min()));
+  // maximal timeouts mean "no deadline": the call waits for the permit
+  // (due at t = 1 s) instead of overflowing into the past and giving up
+  for (int which = 0; which < 4; ++which) {
+    manual_clock c;
+    limiter l(rate::per_second(1), 1, c);
+    REQUIRE(l.try_acquire(1, c.now()));
+    std::atomic<int> result{-1};
+    std::thread th([&] {
+      bool ok = false;
+      switch (which) {
+        case 0:
+          ok = l.try_acquire_for(1, std::chrono::hours::max());
+          break;
+        case 1:
+          ok = l.try_acquire_for(1, std::chrono::nanoseconds::max());
+          break;
+        case 2:
+          ok = l.try_acquire_for(std::chrono::duration<double>(1e300));
+          break;
+        default:
+          ok = l.try_acquire_until(1, tp::max());
+          break;
+      }
+      result = ok ? 1 : 0;
+    });
+    INFO("variant " << which);
+    const bool parked = levee_test::eventually([&] { return c.waiters_approx() == 1 || result.load() >= 0; });
+    CHECK(parked);
+    CHECK(result.load() == -1);  // still waiting: it did not give up at once
+    c.advance(1s);
+    const bool ended = levee_test::eventually([&] { return result.load() >= 0; });
+    if (!ended) c.advance(std::chrono::hours(1'000'000));  // fail rather than hang
+    th.join();
+    CHECK(result.load() == 1);
+  }
+  // extreme `now` values: decisions without UB; available_at saturates
+  limiter far(rate::per(1, std::chrono::hours(24)), 2, clk);
+  CHECK(far.try_acquire(1, tp::max()));
+  CHECK(far.try_acquire(1, tp::max()));
+  CHECK_FALSE(far.try_acquire(1, tp::max()));
+  CHECK(far.available_at(1, tp::max()) == tp::max());  // now + 1 day does not fit: saturated
+  auto r = far.reserve(1, tp::max());
+  CHECK(r.ok());
+  CHECK(r.ready_at() == tp::max());
+  (void)far.try_acquire(1, tp::min());
+  (void)far.available(tp::min());
+  (void)far.available_at(1, tp::min());
+}
+
+namespace {
+// A real clock counting microseconds.
+struct coarse_clock {
+  using rep = std::int64_t;
+  using period = std::micro;
+  using duration = std::chrono::microseconds;
+  using time_point = std::chrono::time_point<coarse_clock, duration>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+    return time_point(
+        std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+  }
+};
+}  // namespace
+
+TEST_CASE("a clock coarser than ns: extreme time points do not overflow the conversion") {
+  levee::rate_limiter<coarse_clock> lim(rate::per_second(10), 2);
+  using ctp = coarse_clock::time_point;
+  CHECK(lim.try_acquire(1, ctp::max()));
+  CHECK(lim.available(ctp::max()) == 1);
+  (void)lim.try_acquire(1, ctp::min());
+  (void)lim.try_acquire_until(1, ctp::min());  // a deadline in the past: at most one try, no wait
+  levee::rate_limiter<coarse_clock> fresh(rate::per_second(10), 1);
+  CHECK(fresh.try_acquire_for(1, std::chrono::hours::max()));  // available at once
+  CHECK(fresh.try_acquire_for(1, std::chrono::hours::max()));  // sleeps ~100 ms: no overflow, no give-up
 }

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <concepts>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
+#include <levee/detail/time.hpp>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -94,11 +96,23 @@ class manual_clock {
   template <class Stop>
   bool wait_until(time_point tp, Stop&& stop) const {
     std::unique_lock lock(state_->mutex);
+    // Counted under the lock: once waiters_approx() shows this thread, any
+    // later advance()/set()/notify_waiters() re-evaluates its predicate.
+    state_->waiters.fetch_add(1, std::memory_order_relaxed);
     for (;;) {
-      if (now() >= tp) return true;
-      if (stop()) return false;
+      if (now() >= tp || stop()) {
+        state_->waiters.fetch_sub(1, std::memory_order_relaxed);
+        return now() >= tp;
+      }
       state_->cv.wait(lock);
     }
+  }
+
+  // Threads inside wait_until() on this clock's time line (any copy). Racy:
+  // a snapshot for tests, e.g. to wait until a thread is blocked on the
+  // clock before advancing it, so that the wake-up path is really exercised.
+  [[nodiscard]] std::size_t waiters_approx() const noexcept {
+    return state_->waiters.load(std::memory_order_relaxed);
   }
 
   // Wakes every wait_until so it re-checks its stop predicate.
@@ -114,6 +128,7 @@ class manual_clock {
  private:
   struct state {
     std::atomic<std::int64_t> ns{0};
+    std::atomic<std::size_t> waiters{0};
     std::mutex mutex;
     std::condition_variable cv;
   };
@@ -156,15 +171,24 @@ class sleeper {
       std::unique_lock lock(mutex_);
       for (;;) {
         if (generation_.load(std::memory_order_relaxed) != seen) return false;
-        if (clock_.now() >= tp) return true;
-        cv_.wait_until(lock, tp);
+        const typename Clock::time_point now = clock_.now();
+        if (now >= tp) return true;
+        // A due time beyond detail::far_future_limit (time_point::max() and
+        // the like) is "never": wait without a deadline rather than let the
+        // condition variable convert it between clocks and overflow.
+        if (std::chrono::duration<double>(tp.time_since_epoch()) -
+                std::chrono::duration<double>(now.time_since_epoch()) >
+            detail::far_future_limit)
+          cv_.wait(lock);
+        else
+          cv_.wait_until(lock, tp);
       }
     }
   }
 
   template <class Rep, class Per>
   bool sleep_for(std::chrono::duration<Rep, Per> d) {
-    return sleep_until(clock_.now() + std::chrono::duration_cast<typename Clock::duration>(d));
+    return sleep_until(detail::deadline_after<Clock>(clock_.now(), d));
   }
 
   // Interrupts every sleep_until in progress.

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <levee/detail/time.hpp>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -101,24 +102,44 @@ class concurrency_limiter {
     }
   }
 
-  // As acquire(), giving up (empty permit) at `deadline` (any std::chrono clock).
+  // As acquire(), giving up (empty permit) at `deadline` (any std::chrono
+  // clock). A deadline too far away to represent (time_point::max(), or
+  // now + hours::max() through try_acquire_for) means no deadline; see
+  // levee/detail/time.hpp.
   template <class C, class D>
   [[nodiscard]] permit try_acquire_until(const std::chrono::time_point<C, D>& deadline) {
     if (permit p = try_acquire(); p || closed_.load(std::memory_order_acquire)) return p;
+    // In C's own duration, saturated: comparing with C::now() and waiting
+    // can then not overflow a conversion.
+    const auto d = detail::saturate_deadline(deadline);
     std::unique_lock lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     for (;;) {
       permit p = try_acquire();
-      if (p || closed_.load(std::memory_order_acquire) || C::now() >= deadline) {
+      const auto now = C::now();
+      if (p || closed_.load(std::memory_order_acquire) || now >= d) {
         waiters_.fetch_sub(1, std::memory_order_relaxed);
         return p;
       }
-      cv_.wait_until(lock, deadline);
+      if (std::chrono::duration<double>(d.time_since_epoch()) -
+              std::chrono::duration<double>(now.time_since_epoch()) >
+          detail::far_future_limit)
+        cv_.wait(lock);  // "never": see detail::far_future_limit
+      else
+        cv_.wait_until(lock, d);
     }
   }
   template <class Rep, class Per>
   [[nodiscard]] permit try_acquire_for(const std::chrono::duration<Rep, Per>& timeout) {
-    return try_acquire_until(std::chrono::steady_clock::now() + timeout);
+    return try_acquire_until(
+        detail::deadline_after<std::chrono::steady_clock>(std::chrono::steady_clock::now(), timeout));
+  }
+
+  // Threads currently blocked in acquire()/try_acquire_until()/_for() (or
+  // about to block, or just woken). Racy: a snapshot for tests and
+  // monitoring, e.g. to wait until a thread has parked.
+  [[nodiscard]] std::size_t waiters_approx() const noexcept {
+    return waiters_.load(std::memory_order_relaxed);
   }
 
   // Changes the limit. Raising it wakes waiters at once; lowering it lets

@@ -389,6 +389,13 @@ class mpmc_queue {
   // The exact maximum number of elements, as given to the constructor.
   [[nodiscard]] size_type capacity() const noexcept { return static_cast<size_type>(consts_.capacity); }
 
+  // Threads parked (or about to park) in a blocking push or pop. Racy: a
+  // snapshot for tests and monitoring, e.g. to wait until a thread has
+  // parked before waking it.
+  [[nodiscard]] std::size_t waiters_approx() const noexcept {
+    return std::size_t{prod_.not_empty.waiters()} + std::size_t{cons_.not_full.waiters()};
+  }
+
   // Number of claimed positions (elements pushed or being pushed, minus
   // those popped or being popped), in [0, capacity()]. Racy: only a hint
   // while other threads operate on the queue; exact when quiescent.

@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <levee/clock.hpp>
 #include <levee/detail/cache.hpp>
+#include <levee/detail/time.hpp>
 #include <levee/detail/wait.hpp>
 #include <limits>
 #include <mutex>
@@ -308,7 +309,7 @@ class rate_limiter {
         ahead_at(tat_.load(std::memory_order_acquire) & ~std::uint64_t{1}, to_ticks(now), era_of(now));
     const std::uint64_t cost = n * c.interval;
     if (ahead + cost <= c.tau) return now;
-    return now + ticks_to_duration(ahead + cost - c.tau);
+    return detail::saturating_add(now, ticks_to_duration(ahead + cost - c.tau));
   }
 
   // Claims n permits now and returns when they are admitted (ready_at()).
@@ -343,7 +344,8 @@ class rate_limiter {
         r.cost_ = cost;
         r.epoch_ = c.epoch;
         r.ok_ = true;
-        if (ahead + cost > c.tau) r.ready_ = now + ticks_to_duration(ahead + cost - c.tau);
+        if (ahead + cost > c.tau)
+          r.ready_ = detail::saturating_add(now, ticks_to_duration(ahead + cost - c.tau));
         return r;
       }
     }
@@ -392,7 +394,7 @@ class rate_limiter {
   }
   template <class Rep, class Per>
   [[nodiscard]] bool try_acquire_for(std::uint64_t n, std::chrono::duration<Rep, Per> timeout) {
-    return try_acquire_until(n, clock_.now() + std::chrono::ceil<duration>(timeout));
+    return try_acquire_until(n, detail::deadline_after<Clock>(clock_.now(), timeout));
   }
   // One permit.
   [[nodiscard]] bool try_acquire_until(time_point deadline) { return try_acquire_until(1, deadline); }
@@ -450,11 +452,14 @@ class rate_limiter {
     sleeper_.notify_all();
   }
 
-  // Changes the burst atomically. Lowering it keeps the current debt (fewer
-  // permits available, no catch-up); raising it keeps the number of permits
-  // available now, and the extra capacity fills at the rate. Sleeping
-  // acquire() callers wake and re-evaluate. burst == 0 or a burst beyond the
-  // horizon throws std::invalid_argument. Memory ordering: as set_rate.
+  // Changes the burst atomically. The bucket keeps its level: lowering the
+  // burst caps the permits available now at the new burst (a debt owed by
+  // reservations stays owed, in permits); raising it keeps the number of
+  // permits available now, and the extra capacity fills at the rate. So no
+  // sequence of set_burst/set_rate calls without admissions takes a permit
+  // away: if one was available, one still is (available_at(1) stays now).
+  // Sleeping acquire() callers wake and re-evaluate. burst == 0 or a burst
+  // beyond the horizon throws std::invalid_argument. Memory ordering: as set_rate.
   void set_burst(std::uint64_t burst) {
     if (burst == 0) detail::throw_invalid_u("levee::rate_limiter::set_burst: burst must be >= 1", 0);
     {
@@ -472,7 +477,16 @@ class rate_limiter {
         const bool ancient = is_ancient(e);
         const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
         std::uint64_t next = ancient ? nt - horizon : cur - parity;
-        if (tau_new > tau_old) next = nt + std::min(ahead + (tau_new - tau_old), horizon);
+        if (tau_new > tau_old) {
+          // the permits available now (tau - ahead, possibly negative) are kept
+          next = nt + std::min(ahead + (tau_new - tau_old), horizon);
+        } else if (ahead > 0) {
+          // min(available, new burst): the schedule moves back by the burst
+          // removed, never before now. Without this a lower-then-raise cycle
+          // would add (tau_old - tau_new) of debt without any admission.
+          const std::uint64_t removed = tau_old - tau_new;
+          next = nt + (ahead > removed ? ahead - removed : 0);
+        }
         note_era(e);
         if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
                                          std::memory_order_acquire))
@@ -559,7 +573,9 @@ class rate_limiter {
   }
 
   [[nodiscard]] std::uint64_t to_ticks(time_point t) const noexcept {
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    // Saturating for clocks coarser than ns (a no-op for ns clocks): an
+    // extreme time point must not overflow the conversion.
+    const auto ns = detail::saturating_ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     return static_cast<std::uint64_t>(ns) << shift_;
   }
   [[nodiscard]] duration ticks_to_duration(std::uint64_t ticks) const noexcept {
@@ -571,7 +587,7 @@ class rate_limiter {
   // the past whatever its bits say: this keeps a limiter left idle for longer
   // than the ring can tell (3 horizons) from reading as "far ahead".
   [[nodiscard]] std::int64_t era_of(time_point t) const noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count() >> era_shift_;
+    return detail::saturating_ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count() >> era_shift_;
   }
   [[nodiscard]] bool is_ancient(std::int64_t era) const noexcept {
     return era - era_.load(std::memory_order_acquire) >= 2;

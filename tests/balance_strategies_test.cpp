@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <levee/balance.hpp>
 #include <map>
@@ -189,6 +190,119 @@ TEST_CASE("weighted_round_robin: ineligible backends are skipped, shares move to
   CHECK(c[0] == 0);
   CHECK(c[1] + c[2] == 700);
   CHECK(std::abs(c[1] - c[2]) <= 2);
+}
+
+TEST_CASE("weighted_round_robin: shares follow any weights (issue 15, defect 9)") {
+  // one backend of weight 100,000 plus 100 of weight 1 and 100 of weight 3:
+  // the total exceeds the precomputed period; the w3:w1 ratio must stay 3
+  {
+    harness<levee::weighted_round_robin> h(levee::weighted_round_robin{5});
+    h.add(0, 100'000);
+    for (levee::backend_id id = 1; id <= 100; ++id) h.add(id, 1);
+    for (levee::backend_id id = 101; id <= 200; ++id) h.add(id, 3);
+    h.rebuild();
+    const std::size_t picks = std::size_t{1} << 23;
+    std::vector<double> count(201, 0);
+    for (std::size_t k = 0; k < picks; ++k) count[*h.pick()] += 1;
+    double w1 = 0, w3 = 0, worst = 0;
+    for (levee::backend_id id = 1; id <= 200; ++id) {
+      const double ideal = double(picks) * (id <= 100 ? 1 : 3) / 100'400.0;
+      worst = std::max(worst, std::abs(count[id] - ideal));
+      (id <= 100 ? w1 : w3) += count[id];
+    }
+    MESSAGE("w3/w1 pair ratio " << w3 / w1 << ", worst per-backend deviation " << worst << " picks");
+    CHECK(w3 / w1 == doctest::Approx(3.0).epsilon(0.005));  // was 1.00
+    CHECK(worst <= 3.0);  // low discrepancy: within a few picks of the ideal share
+    CHECK(count[0] == doctest::Approx(double(picks) * 100'000 / 100'400).epsilon(1e-5));
+  }
+  // 17,000 x w1 + 17,000 x w3: the w3 group gets 3/4 (was 0.665)
+  {
+    harness<levee::weighted_round_robin> h(levee::weighted_round_robin::from_start());
+    for (levee::backend_id id = 0; id < 34'000; ++id) h.add(id, id < 17'000 ? 1 : 3);
+    h.rebuild();
+    const std::size_t picks = std::size_t{1} << 20;  // an aligned block of the spread sequence
+    double w3 = 0;
+    std::vector<int> count(34'000, 0);
+    for (std::size_t k = 0; k < picks; ++k) {
+      const auto id = *h.pick();
+      count[id] += 1;
+      if (id >= 17'000) w3 += 1;
+    }
+    CHECK(w3 / double(picks) == doctest::Approx(0.75).epsilon(1e-4));
+    // every backend within one pick of its exact share of the aligned block
+    for (levee::backend_id id = 0; id < 34'000; id += 97) {
+      const double ideal = double(picks) * (id < 17'000 ? 1 : 3) / 68'000.0;
+      CHECK(std::abs(count[id] - ideal) < 1.0 + 1e-9);
+    }
+  }
+  // random weight vectors of every size class: aligned blocks of 2^16 picks
+  // hold floor or ceil of the ideal count for every backend
+  levee::rng r(99);
+  for (int trial = 0; trial < 20; ++trial) {
+    harness<levee::weighted_round_robin> h(levee::weighted_round_robin::from_start());
+    const std::size_t n = 1 + r.below(300);
+    std::vector<std::uint32_t> w(n);
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      w[i] = static_cast<std::uint32_t>(1 + r.below(trial % 2 == 0 ? 4'000'000'000ULL : 1'000'000));
+      total += w[i];
+      h.add(i, w[i]);
+    }
+    h.rebuild();
+    std::vector<double> count(n, 0);
+    const std::size_t block = std::size_t{1} << 16;
+    for (std::size_t k = 0; k < block; ++k) count[*h.pick()] += 1;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double ideal = double(block) * double(w[i]) / double(total);
+      INFO("trial " << trial << " backend " << i << " weight " << w[i]);
+      CHECK(count[i] >= std::floor(ideal) - 1e-9);
+      CHECK(count[i] <= std::ceil(ideal) + 1e-9);
+    }
+  }
+}
+
+TEST_CASE("weighted_round_robin: a rebuild stays cheap at 34,000 backends (was 4-5 s)") {
+  levee::backend_set set;
+  for (levee::backend_id id = 0; id < 34'000; ++id) set.add(id, {.weight = id % 2 == 0 ? 1U : 3U});
+  levee::weighted_round_robin wrr(1);
+  const auto snap = set.snapshot();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 10; ++i) {
+    const auto t = wrr.build(snap);
+    CHECK(t.sequence.empty());  // spread mode
+    CHECK(t.prefix.size() == 34'001);
+  }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE("10 builds at N = 34,000: " << ms << " ms");
+  CHECK(ms < 2'000);  // O(n): a few ms each even under sanitizers and load
+  // the sequence mode is bounded too: P * n <= max_build_steps
+  levee::backend_set all_ones;
+  for (levee::backend_id id = 0; id < 2000; ++id) all_ones.add(id, {.weight = 1});
+  const auto t1 = std::chrono::steady_clock::now();
+  const auto seq = wrr.build(all_ones.snapshot());
+  CHECK(seq.sequence.size() == 2000);  // 2000 * 2000 <= 2^22: exact NGINX period
+  const double ms1 = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+  CHECK(ms1 < 2'000);
+}
+
+TEST_CASE("weighted_round_robin spread mode: ineligible backends are skipped, the others keep their ratio") {
+  harness<levee::weighted_round_robin> h(levee::weighted_round_robin::from_start());
+  h.add(0, 100'001);
+  h.add(1, 1'000);
+  h.add(2, 3'000);
+  h.rebuild();
+  REQUIRE(h.table->sequence.empty());  // total 104,001 (gcd 1) > max_period: spread mode
+  const levee::backend_id tried[] = {0};
+  std::map<levee::backend_id, int> c;
+  for (int i = 0; i < 40'000; ++i) ++c[*h.pick(std::nullopt, tried)];
+  CHECK(c[0] == 0);
+  CHECK(c[1] + c[2] == 40'000);
+  CHECK(double(c[2]) / c[1] == doctest::Approx(3.0).epsilon(0.02));
+  h.set.set_healthy(1, false);
+  h.set.set_healthy(2, false);
+  h.rebuild();
+  for (int i = 0; i < 100; ++i) CHECK(*h.pick() == 0);
+  CHECK_FALSE(h.pick(std::nullopt, tried).has_value());
 }
 
 TEST_CASE("random and weighted_random: shares fit uniform / weights (chi-square p > 0.001)") {

@@ -176,6 +176,8 @@ levee::metrics_snapshot sample_snapshot() {
   m.drain_rate = 1000;
   m.drain_eta = std::nullopt;
   m.trailing_behind = true;
+  m.closed = true;
+  m.stopped = false;
   return m;
 }
 
@@ -231,6 +233,14 @@ TEST_CASE("to_prometheus: valid exposition format, one HELP/TYPE per family, val
   CHECK(std::stod(values.at("svc_jobs_queue_dwell_seconds_sum")) == doctest::Approx(5.05));
   CHECK(std::stod(values.at("svc_jobs_queue_dwell_max_seconds")) == doctest::Approx(0.1));
   CHECK(values.at("svc_jobs_drain_eta_seconds") == "+Inf");
+  // the service-time histogram is empty: its quantiles are NaN, not 0
+  CHECK(values.at(R"(svc_jobs_service_seconds{quantile="0.5"})") == "NaN");
+  CHECK(values.at(R"(svc_jobs_service_seconds{quantile="0.9"})") == "NaN");
+  CHECK(values.at(R"(svc_jobs_service_seconds{quantile="0.99"})") == "NaN");
+  CHECK(values.at("svc_jobs_service_seconds_count") == "0");
+  CHECK(values.at("svc_jobs_service_seconds_sum") == "0");
+  CHECK(values.at("svc_jobs_closed") == "1");
+  CHECK(values.at("svc_jobs_stopped") == "0");
   CHECK(values.at("svc_jobs_trailing_behind") == "1");
   CHECK(std::stod(values.at("svc_jobs_arrival_rate_per_second")) == doctest::Approx(1500.5));
   CHECK(text.back() == '\n');
@@ -244,6 +254,14 @@ TEST_CASE("to_prometheus: optional gauges are omitted when unset; default prefix
   CHECK(text.find("concurrency_limit") == std::string::npos);
   CHECK(text.find("backend_in_flight") == std::string::npos);
   CHECK(text.find("levee_drain_eta_seconds 0\n") != std::string::npos);
+  CHECK(text.find("levee_closed 0\n") != std::string::npos);
+  CHECK(text.find("levee_stopped 0\n") != std::string::npos);
+  CHECK(text.find("levee_queue_dwell_seconds{quantile=\"0.99\"} NaN\n") != std::string::npos);
+  m.stopped = true;
+  m.closed = true;
+  const std::string stopped = levee::to_prometheus(m);
+  CHECK(stopped.find("levee_stopped 1\n") != std::string::npos);
+  CHECK(stopped.find("levee_closed 1\n") != std::string::npos);
   CHECK_THROWS_AS((void)levee::to_prometheus(m, ""), std::invalid_argument);
   CHECK_THROWS_AS((void)levee::to_prometheus(m, "9lives"), std::invalid_argument);
   CHECK_THROWS_AS((void)levee::to_prometheus(m, "bad-name"), std::invalid_argument);

@@ -249,9 +249,12 @@ class metrics_writer {
   }
   void summary(std::string_view name, std::string_view help, const histogram_snapshot& h) {
     family(name, "summary", help);
-    sample(name, "quantile=\"0.5\"", metrics_seconds(h.p50()));
-    sample(name, "quantile=\"0.9\"", metrics_seconds(h.p90()));
-    sample(name, "quantile=\"0.99\"", metrics_seconds(h.p99()));
+    // An empty summary has no quantiles: Prometheus' convention is NaN (as
+    // its own client libraries export), never 0, which would read as "fast".
+    auto q = [&](double v) { return h.count() == 0 ? std::string("NaN") : metrics_seconds(h.quantile(v)); };
+    sample(name, "quantile=\"0.5\"", q(0.5));
+    sample(name, "quantile=\"0.9\"", q(0.9));
+    sample(name, "quantile=\"0.99\"", q(0.99));
     sample(std::string(name) + "_sum", {}, metrics_seconds(h.sum()));
     sample(std::string(name) + "_count", {}, h.count());
   }
@@ -267,8 +270,9 @@ class metrics_writer {
 // Renders a snapshot in the Prometheus text exposition format (version 0.0.4):
 // one "# HELP"/"# TYPE" pair per metric family, counters with a _total
 // suffix, durations in seconds, histograms as summaries (quantiles 0.5, 0.9,
-// 0.99 plus _sum and _count) with the maximum as a separate gauge, and
-// per-backend gauges labelled backend="<id>".
+// 0.99 plus _sum and _count; the quantiles of an empty summary are NaN) with
+// the maximum as a separate gauge, the closed and stopped flags as 0/1
+// gauges, and per-backend gauges labelled backend="<id>".
 // Throws std::invalid_argument if prefix is not a valid metric-name prefix.
 [[nodiscard]] inline std::string to_prometheus(const metrics_snapshot& m, std::string_view prefix = "levee") {
   detail::metrics_check_prefix(prefix);
@@ -347,6 +351,7 @@ class metrics_writer {
   w.gauge("trailing_behind", "1 when arrivals keep pace with or outpace the drain rate while backlogged.",
           m.trailing_behind ? "1" : "0");
   w.gauge("closed", "1 after close() or stop().", m.closed ? "1" : "0");
+  w.gauge("stopped", "1 after stop().", m.stopped ? "1" : "0");
   return w.take();
 }
 

@@ -137,7 +137,12 @@ TEST_CASE("ring_hash: tables are identical whatever the insertion order; O(1) bu
   CHECK(a.table->hashes == b.table->hashes);
   CHECK(a.table->owner == b.table->owner);
   // Golden value: the ring depends only on (id, weight, seed), never on the platform.
-  CHECK(levee::detail::hash_pair(3, 0, 0) == levee::detail::hash_pair(3, 0, 0));
+  // Values computed independently from the documented algorithm (a Python
+  // reimplementation of mix64/hash64/hash_pair), not by this code.
+  CHECK(levee::detail::hash_pair(3, 0, 0) == 0xe994f7a593aa9a13ULL);
+  CHECK(levee::detail::hash_pair(12345, 678, 9) == 0x09f08c4d792fdf50ULL);
+  CHECK(levee::detail::hash64(0) == 0x48218226ff3cd4bfULL);
+  CHECK(levee::detail::hash64(42, 7) == 0xd56fd4491d82a4ddULL);
   std::size_t worst = 0;
   for (std::size_t bkt = 0; bkt + 1 < a.table->bucket.size(); ++bkt)
     worst = std::max<std::size_t>(worst, a.table->bucket[bkt + 1] - a.table->bucket[bkt]);
@@ -392,7 +397,7 @@ struct zipf {
 };
 
 template <class S>
-void check_bounded(S inner, std::string name, std::vector<std::uint32_t> weights) {
+void check_bounded(S inner, std::string name, std::vector<std::uint32_t> weights, bool keyed = true) {
   // Sequential assignments without completions (the paper's setting), keys
   // Zipf(1.1) over 10^4 keys: after every assignment each backend's load is
   // <= ceil(c x total x w / W), computed here with exact integers (c = 5/4).
@@ -427,7 +432,14 @@ void check_bounded(S inner, std::string name, std::vector<std::uint32_t> weights
   }
   double maxload = 0;
   for (const auto& e : snap) maxload = std::max(maxload, double(e.load->load()) / e.weight);
-  MESSAGE(name << ": max/avg (per weight) " << maxload / (double(total) / double(W)));
+  const double kept = double(first_choice) / double(total);
+  MESSAGE(name << ": max/avg (per weight) " << maxload / (double(total) / double(W)) << ", first choice kept "
+               << kept);
+  // The bound binds (Zipf's hot keys must be moved) but a keyed inner
+  // strategy keeps most keys on its own choice (measured 0.57-0.73 for
+  // 20,000 assignments); a randomised one (power_of_two) is not comparable.
+  CHECK(first_choice < static_cast<std::size_t>(total));
+  if (keyed) CHECK(kept > 0.4);
 }
 
 }  // namespace
@@ -442,7 +454,7 @@ TEST_CASE("bounded_load: never exceeds ceil(c x average), also under Zipf keys")
   for (std::uint32_t i = 0; i < 30; ++i) weighted.push_back(1 + i % 4);
   check_bounded(levee::ring_hash{}, "weighted ring_hash", weighted);
   check_bounded(levee::maglev{}, "weighted maglev", weighted);
-  check_bounded(levee::power_of_two{}, "power_of_two", weighted);
+  check_bounded(levee::power_of_two{}, "power_of_two", weighted, false);
 }
 
 TEST_CASE(

@@ -105,6 +105,38 @@ TEST_CASE("round_robin: cycles in id order and skips ineligible backends") {
   for (int k = 0; k < 5; ++k) CHECK(*h.pick(std::nullopt, tried) == 4);
 }
 
+TEST_CASE("round_robin: an ineligible backend's turn is consumed, not inherited by the next one") {
+  // 0..4 with 2 ineligible: the cycle is 0 1 3 4 (each exactly 1/4), never
+  // 0 1 3 3 4 (the next backend taking over the skipped turn: 2/5 for 3).
+  for (std::uint64_t seed = 0; seed < 10; ++seed) {
+    harness<levee::round_robin> h(levee::round_robin{seed});
+    for (levee::backend_id id = 0; id < 5; ++id) h.add(id);
+    h.set.set_healthy(2, false);
+    h.rebuild();
+    std::map<levee::backend_id, int> c;
+    std::vector<levee::backend_id> seq;
+    for (int k = 0; k < 400; ++k) {
+      seq.push_back(*h.pick());
+      ++c[seq.back()];
+    }
+    INFO("seed " << seed);
+    CHECK(c[0] == 100);
+    CHECK(c[1] == 100);
+    CHECK(c[2] == 0);
+    CHECK(c[3] == 100);
+    CHECK(c[4] == 100);
+    const std::vector<levee::backend_id> next{1, 3, 0, 4, 0};  // successor of 0, 1, -, 3, 4
+    for (std::size_t k = 1; k < seq.size(); ++k) CHECK(seq[k] == next[seq[k - 1]]);
+    // the same through the tried list (a retry excluding 3)
+    const levee::backend_id tried[] = {3};
+    std::map<levee::backend_id, int> t;
+    for (int k = 0; k < 300; ++k) ++t[*h.pick(std::nullopt, tried)];
+    CHECK(t[0] == 100);
+    CHECK(t[1] == 100);
+    CHECK(t[4] == 100);
+  }
+}
+
 TEST_CASE("round_robin: the first pick is uniform across 1000 instances") {
   constexpr std::size_t n = 10, instances = 1000;
   levee::backend_set set;

@@ -145,5 +145,14 @@ TEST_CASE("sleeper<steady_clock>: absolute deadline, early return on notify_all"
   th.join();
   CHECK(r.load() == 0);
   CHECK(sc::now() - t1 < 30s);
-  CHECK(&s.get_clock() != nullptr);
+  // get_clock() returns the sleeper's own clock: it reads the same time line
+  const auto before = sc::now();
+  const auto read = s.get_clock().now();
+  CHECK(read >= before);
+  CHECK(read <= sc::now());
+  levee::manual_clock mc(levee::manual_clock::time_point(5s));
+  levee::sleeper<levee::manual_clock> ms(mc);
+  CHECK(ms.get_clock() == mc);  // shares the time line of the clock it was given
+  mc.advance(1s);
+  CHECK(ms.get_clock().now() == levee::manual_clock::time_point(6s));
 }

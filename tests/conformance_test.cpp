@@ -83,8 +83,24 @@ TEST_CASE("unsorted input is sorted; indices refer to time order") {
   const auto rep = levee::check_conformance(v, rate::every(10ns), 1);
   CHECK_FALSE(rep.ok);
   CHECK(v.front() == at(30));  // the caller's data is not modified
-  CHECK(rep.worst.last >= rep.worst.first);
-  CHECK(rep.worst.start >= 0ns);
+  // sorted: 0 10 15 20 30. The admissions at 15, 20 and 30 each end a window
+  // over the envelope ([10, 15], [10, 20], [10, 30]: one too many); the first
+  // window of the largest excess found is [0, 15] (3 > 1 + 1).
+  CHECK(rep.violations == 3);
+  CHECK(rep.max_excess == 1);
+  CHECK(rep.worst.first == 0);
+  CHECK(rep.worst.last == 2);
+  CHECK(rep.worst.count == 3);
+  CHECK(rep.worst.allowed == 2);
+  CHECK(rep.worst.start == 0ns);
+  CHECK(rep.worst.length == 15ns);
+  // shifted by 1000 ns: the same report, start relative to the earliest admission
+  std::vector<tp> w{at(1030), at(1000), at(1020), at(1010), at(1015), at(900)};
+  const auto rep2 = levee::check_conformance(w, rate::every(10ns), 1);
+  CHECK(rep2.violations == 3);
+  CHECK(rep2.worst.first == 1);
+  CHECK(rep2.worst.start == 100ns);
+  CHECK(rep2.worst.length == 15ns);
 }
 
 TEST_CASE("exact rational arithmetic: a rate that is not a whole number of ns") {

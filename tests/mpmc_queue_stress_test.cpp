@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -328,7 +329,9 @@ TEST_CASE("mpmc_queue stress: close() wakes threads parked with nothing to do") 
       if (!full_q.push(item(1, 0))) ++woke;
     });
   }
-  std::this_thread::sleep_for(50ms);  // long enough for all to park
+  // all sixteen parked before close() (a watchdog bounds the wait)
+  CHECK(
+      levee_test::eventually([&] { return empty_q.waiters_approx() == 8 && full_q.waiters_approx() == 8; }));
   CHECK(woke == 0);
   empty_q.close();
   full_q.close();

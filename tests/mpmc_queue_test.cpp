@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "eventually.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -315,6 +317,140 @@ TEST_CASE("mpmc_queue: a throwing copy leaves the queue unchanged") {
   CHECK(out.value == 6);
 }
 
+namespace {
+
+// Nothrow move construction (required by the queue), but a move assignment
+// that throws on demand; counts live objects and double destructions.
+struct throwing_assign {
+  static inline int fail_on = -1;  // the value whose assignment throws (-1: none)
+  static inline long live = 0;
+  static inline long bad = 0;
+  explicit throwing_assign(int v) noexcept : value(v) { ++live; }
+  throwing_assign(throwing_assign&& o) noexcept : value(o.value) { ++live; }
+  throwing_assign& operator=(throwing_assign&& o) {
+    if (o.value == fail_on) throw std::runtime_error("assignment failed");
+    value = o.value;
+    return *this;
+  }
+  ~throwing_assign() {
+    if (magic != 0xA11CE) ++bad;
+    magic = 0xDEAD;
+    --live;
+  }
+  int value;
+  unsigned magic = 0xA11CE;
+};
+static_assert(std::is_nothrow_move_constructible_v<throwing_assign>);
+static_assert(!std::is_nothrow_move_assignable_v<throwing_assign>);
+
+// An output iterator whose assignment throws at the k-th element.
+struct throwing_sink {
+  std::vector<int>* got;
+  int throw_at;
+  throwing_sink& operator*() { return *this; }
+  throwing_sink& operator++() { return *this; }
+  throwing_sink operator++(int) { return *this; }
+  throwing_sink& operator=(tracked&& t) {
+    if (static_cast<int>(got->size()) == throw_at) throw std::runtime_error("sink full");
+    got->push_back(t.value());
+    return *this;
+  }
+  using difference_type = std::ptrdiff_t;
+};
+
+// A constructor from a unique_ptr that may throw (so try_emplace builds the
+// element before claiming a slot) and one that cannot.
+struct from_ptr_throwing {
+  explicit from_ptr_throwing(std::unique_ptr<int> p) : v(std::move(p)) {}
+  from_ptr_throwing(from_ptr_throwing&&) noexcept = default;
+  from_ptr_throwing& operator=(from_ptr_throwing&&) noexcept = default;
+  std::unique_ptr<int> v;
+};
+struct from_ptr_nothrow {
+  explicit from_ptr_nothrow(std::unique_ptr<int>&& p) noexcept : v(std::move(p)) {}
+  from_ptr_nothrow(from_ptr_nothrow&&) noexcept = default;
+  from_ptr_nothrow& operator=(from_ptr_nothrow&&) noexcept = default;
+  std::unique_ptr<int> v;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "mpmc_queue: try_pop_bulk when an assignment to *out throws: the rest is destroyed, the queue stays "
+    "consistent") {
+  reset_census();
+  {
+    levee::mpmc_queue<tracked> q(6);
+    for (int i = 0; i < 5; ++i) REQUIRE(q.try_emplace(i));
+    std::vector<int> got;
+    // claims all 5, assigns 0 and 1, throws on the third
+    CHECK_THROWS_AS((void)q.try_pop_bulk(throwing_sink{&got, 2}, 10), std::runtime_error);
+    CHECK(got == std::vector<int>{0, 1});
+    CHECK(g_census.live == 0);  // elements 2..4 were destroyed (documented as lost), none leaked
+    CHECK(g_census.bad == 0);
+    CHECK(q.size_approx() == 0);
+    // every slot was released: the full capacity is usable again, FIFO intact
+    for (int i = 10; i < 16; ++i) REQUIRE(q.try_emplace(i));
+    CHECK_FALSE(q.try_emplace(99));
+    std::vector<tracked> out;
+    CHECK(q.try_pop_bulk(std::back_inserter(out), 10) == 6);
+    REQUIRE(out.size() == 6);
+    for (int i = 0; i < 6; ++i) CHECK(out[static_cast<std::size_t>(i)].value() == 10 + i);
+  }
+  check_census_balanced();
+}
+
+TEST_CASE("mpmc_queue: pop(T&) and try_pop(T&) with a throwing move-assignment release the slot") {
+  throwing_assign::live = 0;
+  throwing_assign::bad = 0;
+  {
+    levee::mpmc_queue<throwing_assign> q(2);
+    REQUIRE(q.try_emplace(1));
+    REQUIRE(q.try_emplace(2));
+    throwing_assign out(0);
+    throwing_assign::fail_on = 1;
+    CHECK_THROWS_AS((void)q.pop(out), std::runtime_error);
+    CHECK(out.value == 0);  // untouched
+    CHECK(q.size_approx() == 1);
+    REQUIRE(q.try_emplace(3));  // the slot of element 1 was released before the throw
+    CHECK_FALSE(q.try_emplace(4));
+    throwing_assign::fail_on = 2;
+    CHECK_THROWS_AS((void)q.try_pop(out), std::runtime_error);
+    CHECK(q.size_approx() == 1);
+    throwing_assign::fail_on = -1;
+    REQUIRE(q.pop(out));
+    CHECK(out.value == 3);
+    CHECK(throwing_assign::live == 1);  // only `out`: the failed elements were destroyed, not leaked
+    q.close();
+    CHECK_FALSE(q.pop(out));
+  }
+  CHECK(throwing_assign::live == 0);
+  CHECK(throwing_assign::bad == 0);
+}
+
+TEST_CASE("mpmc_queue: try_emplace consumes an rvalue argument only when T's constructor may throw") {
+  {
+    levee::mpmc_queue<from_ptr_throwing> q(1);
+    REQUIRE(q.try_emplace(std::make_unique<int>(1)));
+    auto arg = std::make_unique<int>(2);
+    CHECK_FALSE(q.try_emplace(std::move(arg)));  // full: the element was built first (documented)
+    CHECK(arg == nullptr);                       // ... so the argument is consumed
+  }
+  {
+    levee::mpmc_queue<from_ptr_nothrow> q(1);
+    REQUIRE(q.try_emplace(std::make_unique<int>(1)));
+    auto arg = std::make_unique<int>(2);
+    CHECK_FALSE(q.try_emplace(std::move(arg)));  // full: built in place only after a slot is claimed
+    REQUIRE(arg != nullptr);                     // ... so the argument is untouched
+    CHECK(*arg == 2);
+    // and try_push(T&&) leaves its argument untouched on failure
+    from_ptr_nothrow v(std::make_unique<int>(3));
+    CHECK_FALSE(q.try_push(std::move(v)));
+    REQUIRE(v.v != nullptr);
+    CHECK(*v.v == 3);
+  }
+}
+
 TEST_CASE("mpmc_queue: the allocator provides all storage and gets it back") {
   {
     levee::mpmc_queue<std::string, counting_allocator<std::string>> q(10);
@@ -415,7 +551,8 @@ TEST_CASE("mpmc_queue: blocked pop wakes on push, blocked push wakes on pop") {
     std::optional<int> v = q.pop();
     got = v ? *v : -1;
   });
-  std::this_thread::sleep_for(20ms);  // let it park (correct either way)
+  // wait until it is parked: the wake-up path is what this tests
+  CHECK(levee_test::eventually([&] { return q.waiters_approx() == 1; }));
   REQUIRE(q.push(42));
   consumer.join();
   CHECK(got == 42);
@@ -423,7 +560,7 @@ TEST_CASE("mpmc_queue: blocked pop wakes on push, blocked push wakes on pop") {
   REQUIRE(q.push(1));
   std::atomic<bool> pushed{false};
   std::thread producer([&] { pushed = q.push(2); });
-  std::this_thread::sleep_for(20ms);
+  CHECK(levee_test::eventually([&] { return q.waiters_approx() == 1; }));
   CHECK_FALSE(pushed.load());
   CHECK(q.pop() == 1);
   producer.join();
@@ -456,7 +593,9 @@ TEST_CASE("mpmc_queue: close wakes blocked and timed waiters on both sides promp
       ++done;
     });
   }
-  std::this_thread::sleep_for(30ms);
+  // all twelve parked (six on each queue) before close(): a watchdog, not a sleep
+  CHECK(
+      levee_test::eventually([&] { return empty_q.waiters_approx() == 6 && full_q.waiters_approx() == 6; }));
   CHECK(done == 0);
   const auto t0 = std::chrono::steady_clock::now();
   empty_q.close();

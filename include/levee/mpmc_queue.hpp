@@ -52,6 +52,9 @@ template <class T, class Allocator = std::allocator<T>>
 class mpmc_queue {
   static_assert(std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T> && !std::is_array_v<T>,
                 "levee::mpmc_queue<T>: T must be a non-const, non-volatile, non-array object type");
+  // Checked before the move constructor: some compilers count a throwing
+  // destructor as a throwing move construction, and report only the first.
+  static_assert(std::is_nothrow_destructible_v<T>, "levee::mpmc_queue<T>: T's destructor must be noexcept");
   static_assert(
       std::is_nothrow_move_constructible_v<T>,
       "levee::mpmc_queue<T>: T's move constructor must be noexcept. A push claims its slot before the "
@@ -59,7 +62,6 @@ class mpmc_queue {
       "leave a slot that can never be published. Make the move constructor noexcept or store "
       "std::unique_ptr<T> instead (copying and emplacing constructors may throw: they run before the "
       "slot is claimed)");
-  static_assert(std::is_nothrow_destructible_v<T>, "levee::mpmc_queue<T>: T's destructor must be noexcept");
 
  public:
   using value_type = T;

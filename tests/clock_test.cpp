@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
+
 using namespace std::chrono_literals;
 using levee::manual_clock;
 using tp = manual_clock::time_point;
@@ -155,4 +157,45 @@ TEST_CASE("sleeper<steady_clock>: absolute deadline, early return on notify_all"
   CHECK(ms.get_clock() == mc);  // shares the time line of the clock it was given
   mc.advance(1s);
   CHECK(ms.get_clock().now() == levee::manual_clock::time_point(6s));
+}
+
+TEST_CASE("sleeper: maximal durations and time points mean no deadline, never UB") {
+  using namespace std::chrono;
+  {
+    levee::sleeper<steady_clock> s;
+    CHECK(s.sleep_for(hours::min()));  // in the past: at once
+    CHECK(s.sleep_until(steady_clock::time_point::min()));
+    for (int which = 0; which < 3; ++which) {
+      INFO("variant " << which);
+      std::atomic<int> r{-1};
+      const std::uint64_t ticket = s.ticket();
+      std::thread th([&] {
+        bool reached = true;
+        if (which == 0) reached = s.sleep_for(hours::max());
+        if (which == 1) reached = s.sleep_for(nanoseconds::max());
+        if (which == 2) reached = s.sleep_until(steady_clock::time_point::max(), ticket);
+        r = reached ? 1 : 0;
+      });
+      // it sleeps until notify_all: an overflow into "already due" would return true
+      const bool woke = levee_test::eventually([&] {
+        s.notify_all();
+        return r.load() >= 0;
+      });
+      CHECK(woke);
+      th.join();
+      CHECK(r.load() == 0);
+    }
+  }
+  {
+    levee::manual_clock clk;
+    levee::sleeper<levee::manual_clock> s(clk);
+    std::atomic<int> r{-1};
+    std::thread th([&] { r = s.sleep_for(hours::max()) ? 1 : 0; });
+    CHECK(levee_test::eventually([&] { return clk.waiters_approx() == 1; }));
+    clk.advance(hours(24 * 365 * 200));  // 200 years: far, but not the saturated end of time
+    s.notify_all();  // wait_until checks the time first: a deadline that overflowed would read as reached
+    th.join();
+    CHECK(r.load() == 0);
+    CHECK(clk.waiters_approx() == 0);
+  }
 }

@@ -520,6 +520,58 @@ TEST_CASE(
   CHECK(out == 4);
 }
 
+TEST_CASE("mpmc_queue: maximal timeouts mean no deadline: the call parks until woken, never times out") {
+  using namespace std::chrono;
+  for (int which = 0; which < 6; ++which) {
+    INFO("variant " << which);
+    levee::mpmc_queue<int> q(1);
+    std::atomic<int> status{-1};
+    std::thread consumer([&] {
+      int out = 0;
+      levee::queue_status st = levee::queue_status::full;
+      switch (which) {
+        case 0:
+          st = q.try_pop_for(out, hours::max());
+          break;
+        case 1:
+          st = q.try_pop_for(out, nanoseconds::max());
+          break;
+        case 2:
+          st = q.try_pop_for(out, duration<double>(1e300));
+          break;
+        case 3:
+          st = q.try_pop_until(out, steady_clock::time_point::max());
+          break;
+        case 4:
+          st = q.try_pop_until(out, time_point<system_clock, hours>::max());
+          break;
+        default:
+          st = q.try_pop_until(out, time_point<steady_clock, hours>::max());
+          break;
+      }
+      status = st == levee::queue_status::ok && out == 7 ? 1 : 0;
+    });
+    const bool parked = levee_test::eventually([&] { return q.waiters_approx() == 1 || status.load() >= 0; });
+    CHECK(parked);
+    CHECK(status.load() == -1);  // still waiting: no overflow into "already expired"
+    REQUIRE(q.try_push(7));
+    consumer.join();
+    CHECK(status.load() == 1);
+  }
+  // the same on the producer side
+  levee::mpmc_queue<int> full(1);
+  REQUIRE(full.try_push(0));
+  std::atomic<int> pushed{-1};
+  std::thread producer(
+      [&] { pushed = full.try_push_for(1, hours::max()) == levee::queue_status::ok ? 1 : 0; });
+  CHECK(levee_test::eventually([&] { return full.waiters_approx() == 1 || pushed.load() >= 0; }));
+  CHECK(pushed.load() == -1);
+  CHECK(full.pop() == 0);
+  producer.join();
+  CHECK(pushed.load() == 1);
+  CHECK(full.pop() == 1);
+}
+
 TEST_CASE("mpmc_queue: timed operations time out within a bounded delay on real clocks") {
   // Generous upper bound: must not flake on a loaded 2-core machine.
   constexpr auto wait = 30ms;

@@ -361,7 +361,8 @@ TEST_CASE("stream_ingress: a consumer's stop() leaves its entries for another co
     }));
     in_a.start(lev_a);
     REQUIRE(wait_for([&] { return started.load() == 1 && in_a.metrics().submitted >= 8; }, 10'000ms));
-    in_a.stop();  // no more reads, no more heartbeats
+    CHECK(in_a.metrics().read == 8);  // only as much as the leveler had room for
+    in_a.stop();                      // no more reads, no more heartbeats
     release.store(true);
     lev_a.stop();  // the queued jobs are cancelled: left pending
     CHECK(in_a.metrics().acknowledged == 0);
@@ -390,6 +391,43 @@ TEST_CASE("stream_ingress: a consumer's stop() leaves its entries for another co
   CHECK(std::set<std::string>(got.begin(), got.end()) == std::set<std::string>(ids.begin(), ids.end()));
   CHECK(got.size() == ids.size());  // each once
   CHECK(in_b.metrics().claimed == 8);
+}
+
+TEST_CASE("stream_ingress: heartbeats keep a long-running job from being claimed by another consumer") {
+  auto srv = start_server();
+  connection c(conn_opts(srv));
+  const auto ids = produce(srv, "jobs", "workers", 1);
+  std::atomic<int> runs{0};
+  std::atomic<bool> b_ready{false};
+  auto handler = [&](job&) {
+    runs.fetch_add(1);
+    // Runs for 4 x min_idle, and at least until the other consumer has looked for idle entries a few times.
+    const auto until = std::chrono::steady_clock::now() + 1200ms;
+    while (std::chrono::steady_clock::now() < until || !b_ready.load()) std::this_thread::sleep_for(1ms);
+  };
+  ingress in_a(ingress_opts(srv, "a"));
+  auto lo = lev_opts(4, 1);
+  lo.dead_letter = in_a.dead_letter_sink();
+  leveler lev_a(lo, in_a.wrap(handler));
+  in_a.start(lev_a);
+  REQUIRE(wait_for([&] { return runs.load() == 1; }, 10'000ms));
+  ingress in_b(ingress_opts(srv, "b"));  // min_idle 300 ms, claims every 50 ms
+  auto lo_b = lev_opts(4, 1);
+  lo_b.dead_letter = in_b.dead_letter_sink();
+  leveler lev_b(lo_b, in_b.wrap(handler));
+  in_b.start(lev_b);
+  b_ready.store(true);
+  REQUIRE(wait_for([&] { return in_a.metrics().acknowledged == 1; }, 10'000ms));
+  lev_a.close();
+  lev_a.drain();
+  in_a.stop();
+  lev_b.close();
+  lev_b.drain();
+  in_b.stop();
+  CHECK(runs.load() == 1);
+  CHECK(in_b.metrics().claimed == 0);
+  CHECK(in_a.metrics().heartbeats >= 5);
+  CHECK(pending_count(c, "jobs", "workers") == 0);
 }
 
 TEST_CASE("stream_ingress: bad options throw std::invalid_argument naming them") {

@@ -322,6 +322,14 @@ TEST_CASE("stream_ingress: a poison entry that crashes every consumer is dead-le
       return done ? 0 : 5;
     });
     const int rc = wait_child(child, 30'000ms);
+    if (std::getenv("LEVEE_DEBUG_POISON") != nullptr) {
+      auto pe = c.run("XPENDING", "jobs", "workers", "-", "+", 100);
+      for (std::size_t i = 0; i < pe.size(); ++i)
+        std::fprintf(stderr, "round %d rc %d: %s owner %s count %lld\n", round, rc,
+                     std::string(levee::redis::reply::text(pe.at(i)->element[0])).c_str(),
+                     std::string(levee::redis::reply::text(pe.at(i)->element[1])).c_str(),
+                     pe.at(i)->element[3]->integer);
+    }
     if (rc == 3)
       ++crashes;
     else if (rc == 0)

@@ -285,7 +285,7 @@ class stream_ingress {
           if (r.is_error() && !r.str().starts_with("BUSYGROUP")) r.expect_ok("XGROUP CREATE");
           group_ready = true;
         }
-        if (last_round || flush_due(clock::now())) flush(*conn);
+        if (last_round || suspects_waiting_ || flush_due(clock::now())) flush(*conn);
         if (last_round) break;
         if (clock::now() >= next_heartbeat) {
           heartbeat(*conn);
@@ -407,9 +407,17 @@ class stream_ingress {
     reply p = conn.run("XPENDING", opts_.stream, opts_.group, "IDLE", opts_.min_idle.count(), "-", "+", n);
     p.expect_ok("XPENDING");
     std::vector<std::string> poison, take, suspects;
+    std::unique_lock lock(state_->mutex);
     for (std::size_t i = 0; i < p.size(); ++i) {
       const redisReply* e = p.at(i);
       std::string id(reply::text(e->element[0]));
+      // This consumer's own work (running, queued, refused for now, or
+      // finished and not yet acknowledged; a late heartbeat let it look
+      // idle) is not claimed again.
+      if (state_->in_flight.count(id) != 0 ||
+          std::any_of(deferred.begin(), deferred.end(), [&](const job_type& j) { return j.id == id; }) ||
+          std::any_of(state_->done.begin(), state_->done.end(), [&](const auto& d) { return d.first == id; }))
+        continue;
       const auto deliveries = static_cast<std::uint64_t>(e->element[3]->integer);
       if (deliveries >= opts_.max_deliveries)
         poison.push_back(std::move(id));
@@ -418,15 +426,17 @@ class stream_ingress {
       else
         take.push_back(std::move(id));
     }
-    if (!poison.empty()) dead_letter(conn, "deliveries", poison);
     suspects_waiting_ = !suspects.empty();
-    if (take.empty() && suspects_waiting_ && deferred.empty()) {
-      std::lock_guard lock(state_->mutex);
-      if (state_->in_flight.empty()) {
-        take.push_back(suspects.front());
-        isolating_ = suspects.front();
-      }
+    // Alone means: nothing running or queued here, and every outcome so far
+    // flushed (an acknowledgement lost in a crash would charge its entry
+    // with a delivery it did not cause).
+    if (take.empty() && suspects_waiting_ && deferred.empty() && state_->in_flight.empty() &&
+        state_->done.empty()) {
+      take.push_back(suspects.front());
+      isolating_ = suspects.front();
     }
+    lock.unlock();
+    if (!poison.empty()) dead_letter(conn, "deliveries", poison);
     if (take.empty()) return 0;
     command c("XCLAIM", opts_.stream, opts_.group, opts_.consumer, opts_.min_idle.count());
     for (const auto& id : take) c.push(id);

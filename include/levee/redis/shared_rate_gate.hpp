@@ -47,6 +47,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <levee/clock.hpp>
+#include <levee/detail/time.hpp>
 #include <levee/rate_gate.hpp>
 #include <levee/rate_limiter.hpp>
 #include <levee/redis/connection.hpp>
@@ -187,11 +188,11 @@ class shared_rate_gate {
     if (n == 0) return now;
     const std::uint64_t s = spent_.load(std::memory_order_acquire);
     const std::uint64_t iss = issued_.load(std::memory_order_acquire);
-    time_point at = now + std::chrono::ceil<duration>(poll_);
+    time_point at = levee::detail::saturating_add(now, poll_);
     if (iss - s >= n) {
       const std::int64_t v = slot(s + n - 1);
       const std::int64_t t = ns(now);
-      at = v <= t ? now : now + std::chrono::ceil<duration>(std::chrono::nanoseconds(v - t));
+      at = v <= t ? now : levee::detail::saturating_add(now, std::chrono::nanoseconds(v - t));
     }
     if (fallback_ && degraded_.load(std::memory_order_acquire) && n <= fallback_->burst())
       at = std::min(at, fallback_->available_at(n, now));

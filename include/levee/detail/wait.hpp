@@ -27,10 +27,6 @@
 #include <mutex>
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 // ThreadSanitizer does not model fences or membarrier(): code that relies
 // on them takes a read-modify-write path instead when this is 1.
 #if defined(__SANITIZE_THREAD__)
@@ -50,7 +46,9 @@ namespace levee::detail {
 // core from flooding the memory system with speculative loads.
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
+  // The builtin (GCC, clang) rather than _mm_pause(): <immintrin.h> costs
+  // every includer as much compile time as <chrono>.
+  __builtin_ia32_pause();
 #elif defined(__aarch64__) || defined(__arm__)
   __asm__ __volatile__("yield");
 #endif

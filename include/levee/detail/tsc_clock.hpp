@@ -1,9 +1,8 @@
 // levee/detail/tsc_clock.hpp - cheap steady_clock readings for measurement.
 //
-// The leveler times every job twice (submitted, finished). On a KVM guest a
-// vDSO clock_gettime costs ~25 ns and was a quarter to a third of the
-// leveler's per-job CPU time with an empty handler; RDTSC costs ~10 ns.
-// measurement_now() returns steady_clock time extrapolated from the CPU's
+// The leveler times every job twice (submitted, finished); on virtual
+// machines a vDSO clock_gettime costs several times an RDTSC (figures:
+// benchmarks/README.md). measurement_now() returns steady_clock time extrapolated from the CPU's
 // time-stamp counter: each thread anchors on a real steady_clock reading and
 // extrapolates for at most `window` with a ticks-to-nanoseconds ratio
 // calibrated against steady_clock over an ever longer span (>= 20 ms).

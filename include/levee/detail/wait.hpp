@@ -190,10 +190,13 @@ inline bool register_asymmetric_fence() noexcept { return false; }
 inline std::atomic<bool> force_symmetric_fence{false};
 
 // How a blocking operation waits before it parks: `spins` retries with a CPU
-// pause, then `yields` retries after std::this_thread::yield().
+// pause, then `yields` retries after std::this_thread::yield(). The spin
+// phase should outlast one cross-core hand-off even on a virtual machine
+// whose vCPUs are slow to see each other's writes: a waiter that falls into
+// the yield phase pays a system call per retry, more than the wait itself.
 // Defaults measured with bench_queue on a 2-core KVM guest (benchmarks/README.md).
 struct wait_tuning {
-  unsigned spins = 16;
+  unsigned spins = 64;
   unsigned yields = 128;
 };
 // Test/benchmark hooks: tuning used by queues constructed afterwards.

@@ -390,7 +390,11 @@ void table2() {
       // whatever the machine's load, so it is checked in every run.
       claims.check(viol == 0, std::to_string(per_s) + "/s, " + name + ": 0 envelope violations (got " +
                                   std::to_string(viol) + ")");
-      if (!smoke)
+      // Rate within 1%: claimed for bursts sized from the rate (2 ms is what
+      // levee::leveler picks). Burst 1 sleeping cannot catch up after a late
+      // wake-up (the envelope forbids it), burst 16 only at low rates: shown,
+      // not claimed.
+      if (!smoke && name.find(" ms of rate)") != std::string::npos)
         claims.check(std::abs(a.median - 1) <= 0.01, std::to_string(per_s) + "/s, " + name +
                                                          ": achieved within 1% (median " +
                                                          std::to_string(a.median) + ")");
@@ -416,7 +420,7 @@ int main(int argc, char** argv) {
                    "  --runs N     runs per cell (default 5)\n"
                    "  --table T    only table 1 (ns per try_acquire) or 2 (real-clock pacing)\n"
                    "Exit status 1 if a checked claim is false: 0 envelope violations in every run;\n"
-                   "achieved rate within 1%% in full runs.\n",
+                   "achieved rate within 1%% in full runs, for bursts of 2 ms and 20 ms of the rate.\n",
                    argv[0]);
       return help ? 0 : 2;
     }

@@ -16,9 +16,7 @@
 // each run of a cell follows a baseline run of the same N and thread count,
 // and "x b" is the median over the runs of baseline ns / cell ns (higher =
 // faster than the baseline).
-// Options: --smoke (tiny counts, a few seconds), --runs N, --only NAME (only
-// the strategies whose name contains NAME; repeatable), --pick-only (skip the
-// balancer cycles, the build timings and the quality table: for profiling).
+// Options: see --help. Exit status 1 when a checked claim is false.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -46,6 +44,7 @@ int runs = 5;
 std::vector<std::string> only;
 
 using summary = levee_bench::stats;
+levee_bench::claims claims;
 using levee_bench::summarize;
 
 std::uint32_t weight_of(std::size_t i) { return 1 + static_cast<std::uint32_t>(i % 4); }
@@ -287,6 +286,19 @@ int main(int argc, char** argv) {
       only.emplace_back(argv[++i]);
     else if (std::strcmp(argv[i], "--pick-only") == 0)
       pick_only = true;
+    else {
+      const bool help = std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0;
+      std::fprintf(help ? stdout : stderr,
+                   "usage: %s [--smoke] [--runs N] [--only NAME]... [--pick-only]\n"
+                   "  --smoke      tiny counts (CI): at most 2 runs; the speed bar is not checked\n"
+                   "  --runs N     runs per cell (default 5)\n"
+                   "  --only NAME  only strategies whose name contains NAME (repeatable)\n"
+                   "  --pick-only  skip balancer cycles, build timings and quality (for profiling)\n"
+                   "Exit status 1 if a checked claim is false: in full runs, every O(1) strategy's\n"
+                   "pick at N = 64, 1 thread, >= 5x the baseline (median of same-run ratios).\n",
+                   argv[0]);
+      return help ? 0 : 2;
+    }
   }
   // Rows are made (and their quality measured) only when selected.
   auto wanted = [](const char* name) {
@@ -344,6 +356,7 @@ int main(int argc, char** argv) {
       "(per thread); x b = median over the runs of (baseline ns / cell ns), each cell timed right after its "
       "own baseline run of the same N and thread count.\n",
       runs, smoke ? " (--smoke: tiny counts, numbers not meaningful)" : "", hw);
+  levee_bench::print_machine();
 
   for (int th : {1, 2}) {
     std::printf("\n### ns per pick, %d thread%s\n\n", th, th == 1 ? "" : "s");
@@ -388,9 +401,12 @@ int main(int argc, char** argv) {
     std::printf("| %s | %s | x%.1f [%.1f-%.1f] | %s | %.2f | %s |\n", r.name.c_str(), r.complexity.c_str(),
                 pr.median, pr.min, pr.max, cycle, growth,
                 r.exempt ? "exempt (O(n) by design)" : (pr.median >= 5 ? "meets" : "MISSES"));
+    if (!r.exempt && !smoke)
+      claims.check(pr.median >= 5, r.name + ": pick at N = 64, 1 thread, >= 5x the baseline (x" +
+                                       std::to_string(pr.median) + ")");
   }
 
-  if (pick_only) return 0;
+  if (pick_only) return claims.finish();
   std::printf("\n### Snapshot rebuild (build()) at N = 1000\n\n| strategy | ms |\n|---|---|\n");
   for (auto& r : rows)
     if (!r.build_ns.empty()) {
@@ -407,5 +423,5 @@ int main(int argc, char** argv) {
     else
       std::printf("| %s | %.3f | %.4f |\n", r.name.c_str(), r.q.first, r.q.second);
   }
-  return 0;
+  return claims.finish();
 }

@@ -1,22 +1,32 @@
 // bench_leveler: what levee::leveler costs and how exactly it paces.
 //
-// 1. Per-job overhead: one producer submits N jobs with an empty handler and
-//    no rate limit, then waits until all are done; jobs/s with 1 and 2 worker
-//    threads, next to
-//      - a std::mutex + std::condition_variable thread pool written below
-//        (the baseline every ratio is taken against),
-//      - Debian's libthread-pool-dev (thread_pool::ThreadPool, Submit),
-//      - oneTBB's task_group inside a task_arena.
-//    Bar: levee >= 2x the mutex pool's jobs/s with 2 workers.
-// 2. Real-time pacing: a backlog drained at 1k, 10k and 100k jobs/s for 2 s.
-//    Achieved rate (bar: within 1% of the target) and envelope violations
-//    (bar: 0, levee::check_conformance on the times the handler ran).
+// 1. Per-job overhead: one producer submits N jobs (default 1,000,000) with
+//    an empty handler and no rate limit, then waits until all are done;
+//    jobs/s with 1 and 2 worker threads. Every run is A-B-A: the mutex +
+//    condition_variable pool below runs first, then levee and the others,
+//    then the pool again; levee's ratio to the pool is taken against the
+//    mean of the two pool runs of the same run, and the table reports the
+//    median of those same-run ratios. Next to them:
+//      - levee's own mpmc_queue as a bare hand-off (one producer push()es,
+//        the workers pop() and call the empty handler): the floor of this
+//        design, what the leveler adds on top of its queue;
+//      - oneTBB's task_group inside a task_arena;
+//      - Debian's libthread-pool-dev (thread_pool::ThreadPool, Submit).
+//    Bars (full runs only): levee >= 2x the pool and >= 1.5x TBB with 1 and
+//    2 workers; >= 0.5x the bare queue hand-off with 2 workers.
+// 2. Real-time pacing: a backlog drained at 1k, 10k and 100k jobs/s.
+//    Achieved rate (bar, full runs: within 1% of the target) and envelope
+//    violations (levee::check_conformance on the times the handler ran).
+//    Checked in every run, --smoke included: no window holds more than
+//    b + r*w + workers readings (the gate admits at most b + r*w; each
+//    worker reads the clock after its admission and before its next one, so
+//    at most one reading per worker can fall in a later window).
 //
-// Flags: --smoke (tiny counts, for CI), --runs N (default 5), --jobs N,
-//        --seconds S (pacing duration), --only overhead|pacing.
+// Flags: see --help. Exit status 1 when a checked claim is false.
 // Output: Markdown tables, median / min / max over the runs.
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -25,14 +35,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <levee/conformance.hpp>
 #include <levee/leveler.hpp>
+#include <levee/mpmc_queue.hpp>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "bench_support.hpp"
@@ -165,6 +176,36 @@ double run_mutex_pool(std::size_t workers, std::size_t n) {
   return static_cast<double>(n) / seconds_since(t0);
 }
 
+// levee's own queue, nothing else: the producer push()es (blocking), each
+// worker pop()s (blocking) and calls the empty handler until the queue is
+// closed and drained. Same capacity as the leveler above.
+double run_bare_queue(std::size_t workers, std::size_t n) {
+  levee::mpmc_queue<std::uint64_t> q(1u << 16);
+  std::atomic<std::uint64_t> handled{0};
+  auto handler = [](std::uint64_t&) {};
+  std::vector<std::thread> ts;
+  for (std::size_t i = 0; i < workers; ++i)
+    ts.emplace_back([&] {
+      std::uint64_t count = 0;
+      for (std::uint64_t v = 0; q.pop(v);) {
+        handler(v);
+        ++count;
+      }
+      handled.fetch_add(count, std::memory_order_relaxed);
+    });
+  const auto t0 = steady::now();
+  for (std::uint64_t i = 0; i < n; ++i) (void)q.push(std::uint64_t{i});
+  q.close();
+  for (auto& t : ts) t.join();
+  const double s = seconds_since(t0);
+  if (handled.load() != n) {
+    std::fprintf(stderr, "bare queue: %llu of %zu jobs handled\n",
+                 static_cast<unsigned long long>(handled.load()), n);
+    std::exit(1);
+  }
+  return static_cast<double>(n) / s;
+}
+
 #if defined(LEVEE_HAVE_THREAD_POOL)
 // ThreadPool has no "wait for everything": the task counts itself done and
 // the last one wakes the producer. Submit's std::future is discarded (its
@@ -209,74 +250,129 @@ struct competitor {
   run_fn fn;
 };
 
+levee_bench::claims claims;
+
+void check_bar(const options& opt, bool ok, const std::string& what) {
+  std::printf("Bar: %s: %s\n", what.c_str(),
+              ok ? "met" : (opt.smoke ? "not met (smoke: not checked)" : "NOT MET"));
+  if (!opt.smoke) claims.check(ok, what);
+}
+
 void overhead_table(const options& opt) {
+  // The pool runs first and last in every run (A-B-A); the rest between.
+  const competitor pool{"mutex + condvar pool (baseline)", run_mutex_pool};
   std::vector<competitor> cs{{"levee::leveler", run_levee},
-                             {"mutex + condvar pool (baseline)", run_mutex_pool}};
-#if defined(LEVEE_HAVE_THREAD_POOL)
-  cs.push_back({"thread_pool::ThreadPool (libthread-pool-dev)", run_thread_pool});
-#else
-  std::printf("(libthread-pool-dev not found: skipped)\n");
-#endif
+                             {"levee::mpmc_queue bare hand-off (floor)", run_bare_queue}};
 #if defined(LEVEE_HAVE_TBB)
   cs.push_back({"tbb::task_group (oneTBB)", run_tbb});
 #else
   std::printf("(oneTBB not found: skipped)\n");
 #endif
+#if defined(LEVEE_HAVE_THREAD_POOL)
+  cs.push_back({"thread_pool::ThreadPool (libthread-pool-dev)", run_thread_pool});
+#else
+  std::printf("(libthread-pool-dev not found: skipped)\n");
+#endif
   if (!opt.impl.empty())
-    cs.erase(
-        std::remove_if(cs.begin(), cs.end(),
-                       [&](const competitor& c) { return std::string_view(c.name).rfind(opt.impl, 0) != 0; }),
-        cs.end());
+    std::erase_if(cs, [&](const competitor& c) { return std::string_view(c.name).rfind(opt.impl, 0) != 0; });
+  const bool with_pool = opt.impl.empty() || std::string_view(pool.name).rfind(opt.impl, 0) == 0;
   const std::size_t worker_counts[] = {1, 2};
-  // results[competitor][workers] = jobs/s of each run
-  std::vector<std::vector<std::vector<double>>> results(cs.size(), std::vector<std::vector<double>>(2));
-  // Interleave competitors within each run so that drift of the machine's
-  // load affects every one of them alike.
+  // rate[c][w][run]; the pool's value for a run is the mean of its two runs.
+  std::vector<std::vector<std::vector<double>>> rate(cs.size(), std::vector<std::vector<double>>(2));
+  std::vector<std::vector<double>> pool_rate(2), pool_drift(2);
   for (int r = 0; r < opt.runs; ++r)
-    for (std::size_t w = 0; w < 2; ++w)
-      for (std::size_t c = 0; c < cs.size(); ++c)
-        results[c][w].push_back(cs[c].fn(worker_counts[w], opt.jobs));
-
-  std::printf("\n### Per-job overhead: submit -> empty handler -> done, no rate limit\n\n");
-  std::printf(
-      "%zu jobs per run from one producer thread, %d runs; jobs/s as median (min - max); "
-      "ratio = median [min-max] over the runs of this run's jobs/s / the mutex pool's jobs/s in the same "
-      "run with the same workers (they run back to back).\n\n",
-      opt.jobs, opt.runs);
-  std::printf(
-      "| implementation | 1 worker: jobs/s | ns/job | ratio | 2 workers: jobs/s | ns/job | ratio |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
-  // The baseline is the mutex pool when it ran (see --impl).
-  std::size_t base_index = cs.size();
-  for (std::size_t c = 0; c < cs.size(); ++c)
-    if (cs[c].fn == run_mutex_pool) base_index = c;
-  // Same-run ratios against the baseline: a slow spell of the machine hits
-  // both runs of a pair, so the ratio is steadier than either median.
-  auto ratios = [&](std::size_t c, std::size_t w) {
+    for (std::size_t w = 0; w < 2; ++w) {
+      const double before = with_pool ? pool.fn(worker_counts[w], opt.jobs) : 0;
+      for (std::size_t c = 0; c < cs.size(); ++c) rate[c][w].push_back(cs[c].fn(worker_counts[w], opt.jobs));
+      const double after = with_pool ? pool.fn(worker_counts[w], opt.jobs) : 0;
+      pool_rate[w].push_back((before + after) / 2);
+      pool_drift[w].push_back(with_pool ? after / before : 1);
+    }
+  // Median over runs of (x's jobs/s / y's jobs/s in the same run).
+  auto same_run = [&](const std::vector<double>& x, const std::vector<double>& y) {
     std::vector<double> v;
-    for (std::size_t r = 0; r < results[c][w].size(); ++r)
-      v.push_back(results[c][w][r] / results[base_index][w][r]);
+    for (std::size_t r = 0; r < x.size(); ++r) v.push_back(x[r] / y[r]);
     return summarize(v);
   };
-  for (std::size_t c = 0; c < cs.size(); ++c) {
-    std::printf("| %s ", cs[c].name);
+  auto find = [&](run_fn fn) -> const std::vector<std::vector<double>>* {
+    for (std::size_t c = 0; c < cs.size(); ++c)
+      if (cs[c].fn == fn) return &rate[c];
+    return nullptr;
+  };
+
+  std::printf("\n### Per-job overhead: submit -> empty handler -> done, no rate limit\n\n");
+  levee_bench::print_machine();
+  std::printf(
+      "\n%zu jobs per run from one producer thread, %d runs. jobs/s: median (min - max) over the runs. "
+      "x pool: median [min-max] over the runs of this row's jobs/s / the mean of the pool's two runs (before "
+      "and after, A-B-A) in the same run with the same workers.\n\n",
+      opt.jobs, opt.runs);
+  std::printf(
+      "| implementation | 1 worker: jobs/s | ns/job | x pool | 2 workers: jobs/s | ns/job | x pool |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
+  auto print_row = [&](const char* name, const std::vector<std::vector<double>>& v) {
+    std::printf("| %s ", name);
     for (std::size_t w = 0; w < 2; ++w) {
-      const stats s = summarize(results[c][w]);
+      const stats s = summarize(v[w]);
       std::printf("| %s (%s - %s) | %.0f | ", si(s.median).c_str(), si(s.min).c_str(), si(s.max).c_str(),
                   1e9 / s.median);
-      if (base_index < cs.size()) {
-        const stats q = ratios(c, w);
+      if (with_pool) {
+        const stats q = same_run(v[w], pool_rate[w]);
         std::printf("%.2fx [%.2f-%.2f] ", q.median, q.min, q.max);
       } else {
         std::printf("n/a ");
       }
     }
     std::printf("|\n");
+  };
+  if (with_pool) print_row(pool.name, pool_rate);
+  for (std::size_t c = 0; c < cs.size(); ++c) print_row(cs[c].name, rate[c]);
+  if (with_pool) {
+    const stats d1 = summarize(pool_drift[0]), d2 = summarize(pool_drift[1]);
+    std::printf(
+        "\nPool drift within a run (after / before): 1 worker %.2f [%.2f-%.2f], 2 workers %.2f [%.2f-%.2f]; "
+        "far from 1 means the machine changed during the run.\n",
+        d1.median, d1.min, d1.max, d2.median, d2.min, d2.max);
   }
-  if (base_index < cs.size() && cs.front().fn == run_levee) {
-    const double ratio2 = ratios(0, 1).median;
-    std::printf("\nBar: levee >= 2x the mutex pool with 2 workers (median of same-run ratios): %.2fx, %s.\n",
-                ratio2, ratio2 >= 2.0 ? "met" : "NOT MET");
+  const auto* lev = find(run_levee);
+  if (lev == nullptr) return;
+  std::printf(
+      "\nSame-run ratios of levee (median [min-max]):\n\n| levee against | 1 worker | 2 workers "
+      "|\n|---|---:|---:|\n");
+  struct against {
+    const char* name;
+    const std::vector<std::vector<double>>* v;
+  };
+  std::vector<against> others;
+  if (with_pool) others.push_back({"mutex + condvar pool (mean of A-B-A)", &pool_rate});
+  if (const auto* t = find(run_bare_queue)) others.push_back({"bare mpmc_queue hand-off (floor)", t});
+#if defined(LEVEE_HAVE_TBB)
+  if (const auto* t = find(run_tbb)) others.push_back({"tbb::task_group", t});
+#endif
+  std::vector<std::array<double, 2>> med(others.size());
+  for (std::size_t o = 0; o < others.size(); ++o) {
+    std::printf("| %s ", others[o].name);
+    for (std::size_t w = 0; w < 2; ++w) {
+      const stats q = same_run((*lev)[w], (*others[o].v)[w]);
+      med[o][w] = q.median;
+      std::printf("| %.2fx [%.2f-%.2f] ", q.median, q.min, q.max);
+    }
+    std::printf("|\n");
+  }
+  std::printf("\n");
+  for (std::size_t o = 0; o < others.size(); ++o) {
+    const std::string name = others[o].name;
+    for (std::size_t w = 0; w < 2; ++w) {
+      double bar = 0;
+      if (name.rfind("mutex", 0) == 0) bar = 2.0;
+      if (name.rfind("tbb", 0) == 0) bar = 1.5;
+      if (name.rfind("bare", 0) == 0 && w == 1) bar = 0.5;
+      if (bar == 0) continue;
+      char what[200];
+      std::snprintf(what, sizeof what, "levee >= %.1fx %s with %zu worker%s: %.2fx", bar, others[o].name,
+                    worker_counts[w], w ? "s" : "", med[o][w]);
+      check_bar(opt, med[o][w] >= bar, what);
+    }
   }
 }
 
@@ -288,6 +384,7 @@ struct pacing_run {
   std::size_t violations = 0;         // strict envelope b + r*w on the handler's clock readings
   std::size_t max_excess = 0;         // worst window: dispatches beyond the envelope
   std::size_t jitter_violations = 0;  // envelope with jitter_permits(rate) extra permits
+  std::size_t sound_violations = 0;   // envelope with one extra permit per worker (see the top)
   double wall = 0;                    // seconds from the first to the last dispatch
   std::uint64_t burst = 0;            // effective burst
 };
@@ -337,6 +434,7 @@ pacing_run run_pacing(double rate, std::uint64_t burst_request, double seconds, 
     r.violations = strict.violations;
     r.max_excess = strict.ok ? 0 : static_cast<std::size_t>(strict.max_excess);
     r.jitter_violations = levee::check_conformance(times, lr, burst + jitter_permits(rate)).violations;
+    r.sound_violations = levee::check_conformance(times, lr, burst + workers).violations;
   }
   r.wall = static_cast<double>(at.back() - at.front()) * 1e-9;
   // Job k >= burst is due at first + (k - burst + 1) / rate, so the last one
@@ -352,6 +450,8 @@ void pacing_table(const options& opt) {
   const std::size_t workers = 2;
   std::printf("\n### Real-time pacing of a backlog (steady_clock, %zu workers, %.2f s per run, %d runs)\n\n",
               workers, opt.seconds, opt.runs);
+  levee_bench::print_machine();
+  std::printf("\n");
   std::printf(
       "A backlog of b + r x %.2f s jobs is submitted at once and drained at rate r. Burst b: the leveler's "
       "automatic one (options.burst = 0), plus any given with --burst. Achieved rate = (n - b) / (last "
@@ -365,10 +465,11 @@ void pacing_table(const options& opt) {
       "runs "
       "| violations with 100 us jitter allowed | within 1%% and 0 violations |\n");
   std::printf("|---:|---:|---:|---:|---:|---:|:---:|\n");
+  std::vector<std::pair<bool, std::string>> sound, bars;  // printed after the table
   for (double rate : rates) {
     for (const std::uint64_t burst_request : opt.bursts) {
       std::vector<double> achieved, errors;
-      std::size_t worst_violations = 0, worst_excess = 0, worst_jitter = 0;
+      std::size_t worst_violations = 0, worst_excess = 0, worst_jitter = 0, worst_sound = 0;
       double worst_error = 0;
       std::uint64_t burst = 0;
       for (int r = 0; r < opt.runs; ++r) {
@@ -379,6 +480,7 @@ void pacing_table(const options& opt) {
         worst_violations = std::max(worst_violations, p.violations);
         worst_excess = std::max(worst_excess, p.max_excess);
         worst_jitter = std::max(worst_jitter, p.jitter_violations);
+        worst_sound = std::max(worst_sound, p.sound_violations);
         if (std::abs(p.error) > std::abs(worst_error)) worst_error = p.error;
       }
       const stats a = summarize(achieved), e = summarize(errors);
@@ -390,28 +492,21 @@ void pacing_table(const options& opt) {
           si(rate).c_str(), static_cast<unsigned long long>(burst), burst_request == 0 ? " (auto)" : "",
           si(a.median).c_str(), si(a.min).c_str(), si(a.max).c_str(), 100 * e.median, 100 * worst_error,
           worst_violations, worst_excess, worst_jitter, jitter_permits(rate), ok ? "yes" : "**no**");
+      char what[200];
+      std::snprintf(what, sizeof what,
+                    "pacing at %s/s: no window beyond b + r*w + %zu workers (%zu violations)",
+                    si(rate).c_str(), workers, worst_sound);
+      sound.emplace_back(worst_sound == 0, what);
+      std::snprintf(what, sizeof what,
+                    "pacing at %s/s: achieved within 1%% (worst %+.3f%%) and 0 violations with 100 us jitter "
+                    "allowed (%zu)",
+                    si(rate).c_str(), 100 * worst_error, worst_jitter);
+      bars.emplace_back(ok, what);
     }
   }
-}
-
-void describe_machine() {
-  std::string model = "unknown CPU";
-  std::ifstream f("/proc/cpuinfo");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  std::printf("Machine: %s, %u hardware threads. Compiler: %s.\n", model.c_str(),
-              std::thread::hardware_concurrency(),
-#if defined(__clang__)
-              "clang " __clang_version__
-#elif defined(__GNUC__)
-              "g++ " __VERSION__
-#else
-              "unknown"
-#endif
-  );
+  std::printf("\n");
+  for (const auto& [ok, what] : sound) claims.check(ok, what);
+  for (const auto& [ok, what] : bars) check_bar(opt, ok, what);
 }
 
 }  // namespace
@@ -443,6 +538,10 @@ int main(int argc, char** argv) {
       const std::string_view w = value();
       opt.overhead = w == "overhead";
       opt.pacing = w == "pacing";
+      if (!opt.overhead && !opt.pacing) {
+        std::fprintf(stderr, "bench_leveler: --only takes overhead or pacing, not %s\n", argv[i]);
+        return 2;
+      }
     } else if (a == "--burst") {
       opt.bursts.push_back(static_cast<std::uint64_t>(std::max(1L, std::atol(value()))));
     } else if (a == "--impl") {
@@ -450,7 +549,17 @@ int main(int argc, char** argv) {
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing] "
-          "[--impl NAME-PREFIX] [--burst N]...\n");
+          "[--impl NAME-PREFIX] [--burst N]...\n"
+          "  --smoke          tiny counts (CI): 3 runs, 20,000 jobs, 0.2 s pacing; speed bars not checked\n"
+          "  --runs N         runs per cell (default 5)\n"
+          "  --jobs N         jobs per overhead run (default 1,000,000)\n"
+          "  --seconds S      length of one pacing run (default 2)\n"
+          "  --only TABLE     overhead | pacing\n"
+          "  --impl PREFIX    overhead: only rows whose name starts with PREFIX (for profiling;\n"
+          "                   ratios need the pool: 'mutex')\n"
+          "  --burst N        pacing: also run with burst N (repeatable; 0 = automatic is always run)\n"
+          "Exit status 1 if a checked claim is false: envelope in every run; the speed bars\n"
+          "(x pool, x TBB, x bare queue, pacing within 1%%) in full runs only.\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_leveler: unknown flag '%s'\n", argv[i]);
@@ -463,8 +572,8 @@ int main(int argc, char** argv) {
     if (!seconds_given) opt.seconds = 0.2;
   }
   std::printf("## bench_leveler%s\n\n", opt.smoke ? " (smoke: tiny counts, numbers mean nothing)" : "");
-  describe_machine();
+  levee_bench::print_machine();
   if (opt.overhead) overhead_table(opt);
   if (opt.pacing) pacing_table(opt);
-  return 0;
+  return claims.finish();
 }

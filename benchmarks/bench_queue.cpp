@@ -7,10 +7,8 @@
 //   bulk        levee's try_push_bulk/try_pop_bulk against its single ops.
 // Every cell is the median of --runs runs (default 5) with min and max, and
 // its ratio to the best competitor (not levee) of the same column.
-// Options: --smoke (tiny counts), --runs N, --filter SUBSTRING (queues whose
-// name contains it, plus levee), --only SECTION (throughput|try|blocking|pingpong|idle|bulk).
+// Options: see --help. Exit status 1 when a checked claim is false.
 #include <sys/resource.h>
-#include <sys/utsname.h>
 
 #include <algorithm>
 #include <array>
@@ -23,7 +21,6 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <iterator>
 #include <levee/detail/cache.hpp>
@@ -274,6 +271,15 @@ struct options {
   std::string only;
 };
 options opt;
+levee_bench::claims claims;
+
+// Speed bars are checked only in full runs (smoke counts are too small to
+// mean anything); correctness claims (checksums, idle CPU) in every run.
+void check_bar(bool ok, const std::string& what) {
+  std::printf("Bar: %s: %s\n", what.c_str(),
+              ok ? "met" : (opt.smoke ? "not met (smoke: not checked)" : "NOT MET"));
+  if (!opt.smoke) claims.check(ok, what);
+}
 
 bool selected(const char* name) {
   return opt.filter.empty() || std::string(name).find(opt.filter) != std::string::npos ||
@@ -354,6 +360,8 @@ struct table {
 
 void print_table(const table& t) {
   std::printf("\n### %s\n\n", t.title.c_str());
+  levee_bench::print_machine();
+  std::printf("\n");
   std::printf("| queue |");
   for (const auto& c : t.columns) std::printf(" %s |", c.c_str());
   std::printf("\n|---|");
@@ -475,11 +483,25 @@ void throughput_table(const char* size_name, bool blocking) {
     }
   }
   print_table(t);
-  // The scalability bar: 8P8C >= 50% of 1P1C.
+  const row* levee_row = nullptr;
+  for (const row& r : t.rows)
+    if (r.name.find("levee") != std::string::npos) levee_row = &r;
+  if (levee_row == nullptr) return;
+  std::printf("levee 8P8C / 1P1C = %.2f\n",
+              summarize(levee_row->samples[3]).median / summarize(levee_row->samples[0]).median);
+  // Blocking mode: levee's push/pop against atomic_queue's spinning
+  // push/pop, column by column (medians).
+  if (!blocking || !std::is_same_v<T, std::uint64_t>) return;
   for (const row& r : t.rows) {
-    if (r.name.find("levee") == std::string::npos) continue;
-    std::printf("levee 8P8C / 1P1C = %.2f\n",
-                summarize(r.samples[3]).median / summarize(r.samples[0]).median);
+    if (r.name.find("atomic_queue") == std::string::npos) continue;
+    for (std::size_t c = 0; c < t.columns.size(); ++c) {
+      const double mine = summarize(levee_row->samples[c]).median;
+      const double theirs = summarize(r.samples[c]).median;
+      char what[200];
+      std::snprintf(what, sizeof what, "blocking %s, 8-byte items: levee %.3g >= %s %.3g M items/s",
+                    t.columns[c].c_str(), mine / 1e6, r.name.c_str(), theirs / 1e6);
+      check_bar(mine >= theirs, what);
+    }
   }
 }
 
@@ -614,6 +636,15 @@ void pingpong_table() {
   print_table(t);
   std::printf(
       "(the raw cache line row is the physical floor, not a competitor; it is excluded from 'best')\n");
+  for (const row& r : t.rows) {
+    if (r.name.find("atomic_queue") == std::string::npos) continue;
+    const double mine = summarize(t.rows.front().samples[1]).median;
+    const double theirs = summarize(r.samples[1]).median;
+    char what[200];
+    std::snprintf(what, sizeof what, "blocking round trip: levee %.0f ns <= %s %.0f ns", mine, r.name.c_str(),
+                  theirs);
+    check_bar(mine <= theirs, what);
+  }
 }
 
 // ---- CPU of a blocked consumer ------------------------------------------------
@@ -624,35 +655,51 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-// A consumer blocks in pop() on an empty queue for `wait`; then one item
-// arrives. Returns the consumer thread's CPU time / wall time.
-template <class Q>
-double idle_cpu_once(std::chrono::milliseconds wait) {
-  auto q = std::make_unique<Q>();
-  double cpu = 0;
-  double wall = 0;
+double rusage_thread_seconds() {
   rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  auto secs = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
+  };
+  return secs(ru.ru_utime) + secs(ru.ru_stime);
+}
+
+struct idle_result {
+  double thread_cputime = 0;  // CLOCK_THREAD_CPUTIME_ID / wall time
+  double rusage = 0;          // getrusage(RUSAGE_THREAD) user + system / wall time
+};
+
+// A consumer blocks in pop() on an empty queue for `wait` (the main thread
+// sleeps: the sleep is the quantity measured, not synchronisation); then one
+// item arrives. Returns the consumer thread's CPU time / wall time, measured
+// both ways.
+template <class Q>
+idle_result idle_cpu_once(std::chrono::milliseconds wait) {
+  auto q = std::make_unique<Q>();
+  idle_result r;
   std::thread consumer([&] {
     const double c0 = thread_cpu_seconds();
+    const double r0 = rusage_thread_seconds();
     const auto t0 = clk::now();
     std::uint64_t v = 0;
     q->pop(v);
-    cpu = thread_cpu_seconds() - c0;
-    wall = std::chrono::duration<double>(clk::now() - t0).count();
-    getrusage(RUSAGE_THREAD, &ru);
+    const double wall = std::chrono::duration<double>(clk::now() - t0).count();
+    r.thread_cputime = (thread_cpu_seconds() - c0) / wall;
+    r.rusage = (rusage_thread_seconds() - r0) / wall;
+    if (v != 7) std::exit(3);
   });
   std::this_thread::sleep_for(wait);
   q->push(7);
   consumer.join();
-  return cpu / wall;
+  return r;
 }
 
 void idle_table() {
-  const auto wait = opt.smoke ? std::chrono::milliseconds(20) : std::chrono::milliseconds(1000);
+  const auto wait = opt.smoke ? std::chrono::milliseconds(200) : std::chrono::milliseconds(1000);
   struct ic {
     const char* name;
     const char* kind;
-    double (*fn)(std::chrono::milliseconds);
+    idle_result (*fn)(std::chrono::milliseconds);
   };
   std::vector<ic> e;
   using U = std::uint64_t;
@@ -677,8 +724,21 @@ void idle_table() {
   std::erase_if(e, [](const ic& x) { return !selected(x.name); });
   std::printf("\n### CPU used by a consumer blocked on an empty queue for %lld ms (one run each)\n\n",
               static_cast<long long>(wait.count()));
-  std::printf("| queue | how it waits | CPU time / wall time |\n|---|---|---|\n");
-  for (const auto& x : e) std::printf("| %s | %s | %.4f%% |\n", x.name, x.kind, 100.0 * x.fn(wait));
+  levee_bench::print_machine();
+  std::printf(
+      "\n| queue | how it waits | CPU time / wall time (CLOCK_THREAD_CPUTIME_ID) | same (getrusage "
+      "RUSAGE_THREAD) |\n|---|---|---:|---:|\n");
+  for (const auto& x : e) {
+    const idle_result r = x.fn(wait);
+    std::printf("| %s | %s | %.4f%% | %.4f%% |\n", x.name, x.kind, 100.0 * r.thread_cputime,
+                100.0 * r.rusage);
+    if (std::string(x.name).find("levee") != std::string::npos) {
+      char what[160];
+      std::snprintf(what, sizeof what, "a levee consumer parked %lld ms uses < 1%% of a core: %.4f%%",
+                    static_cast<long long>(wait.count()), 100.0 * std::max(r.thread_cputime, r.rusage));
+      claims.check(std::max(r.thread_cputime, r.rusage) < 0.01, what);
+    }
+  }
 }
 
 // ---- bulk -----------------------------------------------------------------------
@@ -768,22 +828,6 @@ void bulk_table() {
   std::printf("(here ×r is relative to the single-op baseline row)\n");
 }
 
-void describe_machine() {
-  std::string model = "unknown CPU";
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      break;
-    }
-  }
-  utsname u{};
-  uname(&u);
-  std::printf("Machine: %s, %u hardware threads, Linux %s; compiler %s; %d runs per cell%s.\n", model.c_str(),
-              std::thread::hardware_concurrency(), u.release, __VERSION__, opt.runs,
-              opt.smoke ? " (SMOKE MODE)" : "");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -802,16 +846,24 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       opt.only = argv[++i];
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--smoke] [--runs N] [--filter NAME] [--only "
-                   "throughput|try|blocking|pingpong|idle|bulk]\n",
+      const bool help = a == "--help" || a == "-h";
+      std::fprintf(help ? stdout : stderr,
+                   "usage: %s [--smoke] [--runs N] [--filter NAME] [--only SECTION] [--tune SPINS,YIELDS]\n"
+                   "  --smoke          tiny counts (CI); speed bars are printed but not checked\n"
+                   "  --runs N         runs per cell (default 5; 1 with --smoke)\n"
+                   "  --filter NAME    only competitors whose name contains NAME (levee always runs)\n"
+                   "  --only SECTION   throughput | try | blocking | pingpong | idle | bulk\n"
+                   "  --tune S,Y       levee's wait tuning: S pause-spins and Y yields before parking\n"
+                   "Exit status 1 if a checked claim is false (checksums, idle CPU; speed bars\n"
+                   "against atomic_queue's blocking mode in full runs).\n",
                    argv[0]);
-      return 2;
+      return help ? 0 : 2;
     }
   }
   if (opt.smoke && opt.runs == 5) opt.runs = 1;
-  std::printf("## levee::mpmc_queue benchmark\n\n");
-  describe_machine();
+  std::printf("## levee::mpmc_queue benchmark%s, %d runs per cell\n\n",
+              opt.smoke ? " (SMOKE MODE: tiny counts, numbers mean nothing)" : "", opt.runs);
+  levee_bench::print_machine();
   const auto t0 = clk::now();
   if (section("throughput") || section("try")) {
     throughput_table<std::uint64_t>("8-byte", false);
@@ -825,5 +877,5 @@ int main(int argc, char** argv) {
   if (section("idle")) idle_table();
   if (section("bulk")) bulk_table();
   std::printf("\nTotal benchmark time: %.1f s\n", std::chrono::duration<double>(clk::now() - t0).count());
-  return 0;
+  return claims.finish();
 }

@@ -481,6 +481,7 @@ class mpmc_queue {
     mpmc_queue* q;
     Construct construct;
     attempt operator()() noexcept { return q->push_attempt(construct); }
+    attempt spin() noexcept { return q->push_attempt(construct); }
   };
   template <class Construct>
   push_op_t<Construct> push_op(Construct c) noexcept {
@@ -490,7 +491,9 @@ class mpmc_queue {
   struct pop_op_t {
     mpmc_queue* q;
     Consume consume;
-    attempt operator()() noexcept { return q->pop_attempt(consume); }
+    attempt operator()() noexcept { return q->template pop_attempt<true>(consume); }
+    // For the spin phase: never reports closed (see pop_attempt).
+    attempt spin() noexcept { return q->template pop_attempt<false>(consume); }
   };
   template <class Consume>
   pop_op_t<Consume> pop_op(Consume c) noexcept {
@@ -530,7 +533,13 @@ class mpmc_queue {
     }
   }
 
-  template <class Consume>
+  // One pop attempt. With CheckClosed, an empty slot costs a read of the
+  // producers' position to tell "empty" (or "closed") from "a push is in
+  // flight". Without it (the spin phase of a blocking pop), an empty slot is
+  // reported as would_block at once: reading the producers' line on every
+  // miss would move it to this core and make the next push fetch it back,
+  // one extra line transfer per element while a consumer waits on a push.
+  template <bool CheckClosed, class Consume>
   attempt pop_attempt(Consume& consume) noexcept {
     std::uint64_t head = cons_.head.load(std::memory_order_relaxed);
     for (;;) {
@@ -548,6 +557,7 @@ class mpmc_queue {
         }
       } else if (stamp == head) {
         // Not yet written in this lap: empty, or a push is in flight.
+        if constexpr (!CheckClosed) return attempt::would_block;
         const std::uint64_t tail = prod_.tail.load(std::memory_order_seq_cst);
         if ((tail & ~consts_.mark_bit) == head) {
           return (tail & consts_.mark_bit) ? attempt::closed : attempt::would_block;
@@ -619,19 +629,27 @@ class mpmc_queue {
     static_assert(std::chrono::is_clock_v<Clock>,
                   "levee::mpmc_queue timed operations wait in real time: the deadline's clock must be a "
                   "std::chrono clock with a static now() (steady_clock, system_clock, ...)");
-    attempt r = op();
+    attempt r = op.spin();
     if (r == attempt::ok) return queue_status::ok;
     if (r == attempt::closed) return queue_status::closed;
-    if (deadline != nullptr && Clock::now() >= *deadline) return fail;
+    if (deadline != nullptr && Clock::now() >= *deadline) {
+      // Nothing is waited for; the full attempt tells closed from full/empty.
+      r = op();
+      if (r == attempt::ok) return queue_status::ok;
+      return r == attempt::closed ? queue_status::closed : fail;
+    }
     // Spin phase: poll only the slot we need (a line we must touch anyway),
     // not the other side's index, and attempt when it looks ready.
     for (unsigned i = 0; i < consts_.tuning.spins; ++i) {
       detail::cpu_relax();
       if (!ready()) continue;
-      r = op();
+      r = op.spin();
       if (r == attempt::ok) return queue_status::ok;
       if (r == attempt::closed) return queue_status::closed;
     }
+    r = op();
+    if (r == attempt::ok) return queue_status::ok;
+    if (r == attempt::closed) return queue_status::closed;
     // Yield phase, bounded by a count rather than by time: on an idle machine
     // a yield returns at once (the phase is over in microseconds); under
     // oversubscription each yield lets the peer we wait for run, which is

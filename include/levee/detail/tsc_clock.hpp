@@ -1,9 +1,8 @@
 // levee/detail/tsc_clock.hpp - cheap steady_clock readings for measurement.
 //
-// The leveler times every job twice (submitted, finished). On a KVM guest a
-// vDSO clock_gettime costs ~25 ns and was a quarter to a third of the
-// leveler's per-job CPU time with an empty handler; RDTSC costs ~10 ns.
-// measurement_now() returns steady_clock time extrapolated from the CPU's
+// The leveler times every job twice (submitted, finished); on virtual
+// machines a vDSO clock_gettime costs several times an RDTSC (figures:
+// benchmarks/README.md). measurement_now() returns steady_clock time extrapolated from the CPU's
 // time-stamp counter: each thread anchors on a real steady_clock reading and
 // extrapolates for at most `window` with a ticks-to-nanoseconds ratio
 // calibrated against steady_clock over an ever longer span (>= 20 ms).
@@ -41,7 +40,6 @@
 
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
-#include <x86intrin.h>
 #define LEVEE_DETAIL_HAS_TSC 1
 #else
 #define LEVEE_DETAIL_HAS_TSC 0
@@ -50,6 +48,10 @@
 namespace levee::detail {
 
 #if LEVEE_DETAIL_HAS_TSC
+
+// RDTSC through the compiler builtin (GCC and clang): <x86intrin.h> would
+// pull every intrinsics header into each translation unit for one instruction.
+[[nodiscard]] inline std::uint64_t read_tsc() noexcept { return __builtin_ia32_rdtsc(); }
 
 [[nodiscard]] inline bool tsc_usable() noexcept {
   static const bool ok = [] {
@@ -76,9 +78,9 @@ struct tsc_calibration {
   void rebase() noexcept {
     std::uint64_t best = ~std::uint64_t{0};
     for (int attempt = 0; attempt < 8; ++attempt) {
-      const std::uint64_t t1 = __rdtsc();
+      const std::uint64_t t1 = read_tsc();
       const std::int64_t ns = std::chrono::steady_clock::now().time_since_epoch().count();
-      const std::uint64_t t2 = __rdtsc();
+      const std::uint64_t t2 = read_tsc();
       if (t2 >= t1 && t2 - t1 < best) {
         best = t2 - t1;
         base_ns = ns;
@@ -131,9 +133,9 @@ inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
   std::uint64_t t = 0;
   bool good = false;
   for (int attempt = 0; attempt < 4 && !good; ++attempt) {
-    const std::uint64_t t1 = __rdtsc();
+    const std::uint64_t t1 = read_tsc();
     ns = std::chrono::steady_clock::now().time_since_epoch().count();
-    const std::uint64_t t2 = __rdtsc();
+    const std::uint64_t t2 = read_tsc();
     t = t1 + (t2 - t1) / 2;
     // Before calibration the tick length is unknown: assume >= 0.25 ns (<= 4 GHz).
     const double tick_ns = a.ns_per_tick > 0 ? a.ns_per_tick : 0.25;
@@ -178,7 +180,7 @@ inline constexpr std::int64_t tsc_max_pair_ns = 2'000;
 #if LEVEE_DETAIL_HAS_TSC
   if (tsc_usable()) {
     thread_local tsc_anchor a;
-    const std::uint64_t t = __rdtsc();
+    const std::uint64_t t = read_tsc();
     // Unsigned: a counter below the anchor (never expected) also re-anchors.
     if (t - a.tsc < a.window_ticks) [[likely]] {
       const auto ns = a.ns + static_cast<std::int64_t>(static_cast<double>(t - a.tsc) * a.ns_per_tick);

@@ -27,10 +27,6 @@
 #include <mutex>
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 // ThreadSanitizer does not model fences or membarrier(): code that relies
 // on them takes a read-modify-write path instead when this is 1.
 #if defined(__SANITIZE_THREAD__)
@@ -50,7 +46,9 @@ namespace levee::detail {
 // core from flooding the memory system with speculative loads.
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
+  // The builtin (GCC, clang) rather than _mm_pause(): <immintrin.h> costs
+  // every includer as much compile time as <chrono>.
+  __builtin_ia32_pause();
 #elif defined(__aarch64__) || defined(__arm__)
   __asm__ __volatile__("yield");
 #endif
@@ -192,10 +190,13 @@ inline bool register_asymmetric_fence() noexcept { return false; }
 inline std::atomic<bool> force_symmetric_fence{false};
 
 // How a blocking operation waits before it parks: `spins` retries with a CPU
-// pause, then `yields` retries after std::this_thread::yield().
+// pause, then `yields` retries after std::this_thread::yield(). The spin
+// phase should outlast one cross-core hand-off even on a virtual machine
+// whose vCPUs are slow to see each other's writes: a waiter that falls into
+// the yield phase pays a system call per retry, more than the wait itself.
 // Defaults measured with bench_queue on a 2-core KVM guest (benchmarks/README.md).
 struct wait_tuning {
-  unsigned spins = 16;
+  unsigned spins = 64;
   unsigned yields = 128;
 };
 // Test/benchmark hooks: tuning used by queues constructed afterwards.

@@ -329,6 +329,7 @@ class fair_queue {
       rate_period_ = static_cast<detail::int128>(opts_.flow_rate->period().count());
       rate_tau_ = rate_period_ * static_cast<detail::int128>(opts_.flow_burst);
     }
+    prepare_chunk();
     baseline_buckets_ = flows_.bucket_count();
   }
 
@@ -599,12 +600,13 @@ class fair_queue {
     m.flows_expired = flows_expired_;
     // An unordered_map node: the value, the next pointer and the cached hash.
     constexpr std::size_t node_bytes = sizeof(std::pair<const flow_key, flow_state>) + 2 * sizeof(void*);
-    m.flow_table_bytes = flows_.bucket_count() * sizeof(void*) + flows_.size() * node_bytes;
+    m.flow_table_bytes = flows_.bucket_count() * sizeof(void*) + (flows_.size() + spare_.size()) * node_bytes;
     return m;
   }
 
  private:
   static constexpr std::uint32_t npos = std::numeric_limits<std::uint32_t>::max();
+  static constexpr std::size_t chunk = 64;  // door items moved per bulk pop
 
   struct door_entry {
     T value;
@@ -744,9 +746,11 @@ class fair_queue {
       return 1;
     }
   }
+  // weight * quantum, capped so deficits cannot overflow.
   std::int64_t quantum_of(const flow_state& f) const noexcept {
-    return static_cast<std::int64_t>(f.weight * opts_.quantum);
+    return static_cast<std::int64_t>(std::min<std::uint64_t>(sat_mul(f.weight, opts_.quantum), max_quantum));
   }
+  static constexpr std::uint64_t max_quantum = std::uint64_t{1} << 40;
 
   // GCRA time in units of 1/count ns (exact for levee::rate).
   detail::int128 units_of(time_point t) const noexcept {
@@ -777,9 +781,24 @@ class fair_queue {
     }
   };
 
+  // Moves the door into the flows, a chunk at a time. Before each chunk the
+  // flow table gets room and spare nodes for a chunk of new flows, so that
+  // accepting an item never allocates: an allocation failure is thrown from
+  // here, before the chunk is taken, and loses nothing.
   void drain_door() {
-    constexpr std::size_t chunk = 64;
-    while (door_.try_pop_bulk(accept_iterator{this}, chunk) == chunk) {
+    for (;;) {
+      prepare_chunk();
+      if (door_.try_pop_bulk(accept_iterator{this}, chunk) < chunk) return;
+    }
+  }
+  void prepare_chunk() {
+    if (static_cast<float>(flows_.size() + chunk) >
+        flows_.max_load_factor() * static_cast<float>(flows_.bucket_count()))
+      flows_.reserve(flows_.size() + chunk);
+    while (spare_.size() < chunk) {
+      // A key no item can have (band npos), extracted at once: a free node.
+      auto it = flows_.try_emplace(flow_key{0, npos}).first;
+      spare_.push_back(flows_.extract(it));
     }
   }
 
@@ -787,14 +806,20 @@ class fair_queue {
     const flow_key key{e.flow, e.band};
     flow_state* f = last_;
     if (f == nullptr || !(f->key == key)) {
-      auto [it, inserted] = flows_.try_emplace(key);
-      f = &it->second;
-      if (inserted) {
-        f->key = key;
-        f->weight = weight_of(e.flow, e.band);
+      auto it = flows_.find(key);
+      if (it == flows_.end()) {
+        // No allocation and no rehash: see prepare_chunk.
+        auto nh = std::move(spare_.back());
+        spare_.pop_back();
+        nh.key() = key;
+        nh.mapped() = flow_state{};
+        it = flows_.insert(std::move(nh)).position;
+        it->second.key = key;
+        it->second.weight = weight_of(e.flow, e.band);
         ++flows_created_;
         flow_count_.store(flows_.size(), std::memory_order_relaxed);
       }
+      f = &it->second;
       last_ = f;
     }
     const std::uint32_t i = free_head_;
@@ -887,16 +912,19 @@ class fair_queue {
       }
       idle_.remove(f);
       if (last_ == f) last_ = nullptr;
-      flows_.erase(f->key);
+      auto nh = flows_.extract(f->key);
+      if (spare_.size() < chunk) spare_.push_back(std::move(nh));
       ++flows_expired_;
       ++expired;
     }
     if (expired != 0) {
       flow_count_.store(flows_.size(), std::memory_order_relaxed);
-      // Shrink the bucket array once it is less than 1/8 full: O(size) work
-      // after at least 7/8 of the table's entries were erased (amortised O(1)).
-      if (flows_.bucket_count() > baseline_buckets_ * 8 && flows_.size() * 8 < flows_.bucket_count())
-        flows_.rehash(std::max<std::size_t>(flows_.size() * 2, baseline_buckets_));
+      // Shrink the bucket array once it is less than 1/8 full, to twice the
+      // size plus room for a chunk (see prepare_chunk): O(size) work after at
+      // least 3/4 of the entries were erased since the last resize, so
+      // amortised O(1).
+      if (flows_.bucket_count() > baseline_buckets_ && flows_.size() * 8 < flows_.bucket_count())
+        flows_.rehash(flows_.size() * 2 + chunk);
     }
     return expired;
   }
@@ -990,8 +1018,8 @@ class fair_queue {
   }
 
   time_point control_law(time_point t, const band_state& b) const noexcept {
-    const double step = static_cast<double>(b.interval.count()) / std::sqrt(static_cast<double>(b.count));
-    return detail::saturating_add(t, duration(static_cast<typename duration::rep>(step)));
+    return detail::saturating_add(
+        t, detail::saturating_mul(b.interval, 1.0 / std::sqrt(static_cast<double>(b.count))));
   }
 
   void shed_head(band_state& b, flow_state& f, time_point now, std::uint32_t& shed_head_idx,
@@ -1035,7 +1063,7 @@ class fair_queue {
       p = codel_peek(b, band, now);
       b.dropping = true;
       const std::uint32_t delta = b.count - b.lastcount;
-      b.count = (delta > 1 && now - b.drop_next < 16 * b.interval) ? delta : 1;
+      b.count = (delta > 1 && now - b.drop_next < detail::saturating_mul(b.interval, 16.0)) ? delta : 1;
       b.drop_next = control_law(now, b);
       b.lastcount = b.count;
       while (b.dropping && p.f != nullptr && p.sojourn > b.cutoff) {
@@ -1146,6 +1174,7 @@ class fair_queue {
   std::size_t first_weighted_ = 0;
   std::size_t cursor_ = 0;
   std::unordered_map<flow_key, flow_state, flow_key_hash> flows_;
+  std::vector<typename std::unordered_map<flow_key, flow_state, flow_key_hash>::node_type> spare_;
   flow_state* last_ = nullptr;  // the flow of the previous accept (one lookup per run of one flow)
   flow_list idle_;
   std::vector<timer> timers_;

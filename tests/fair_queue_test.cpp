@@ -92,6 +92,49 @@ TEST_CASE("fair_queue: FIFO within one flow; every item exactly once (popped or 
   CHECK(tracked::live == 0);
 }
 
+TEST_CASE("fair_queue: try_pop_bulk returns the items in try_pop's order, with statuses") {
+  mclock clk;
+  levee::fair_queue_options o;
+  o.capacity = 4096;
+  o.bands.resize(3);
+  o.bands[0].strict = true;
+  o.bands[2].weight = 2;
+  o.weight = [](std::uint64_t flow, std::size_t) -> std::uint32_t {
+    return static_cast<std::uint32_t>(flow % 3 + 1);
+  };
+  o.max_in_flight_per_flow = 1000;
+  fq one(o, clk);
+  fq bulk(o, clk);
+  for (std::uint64_t i = 0; i < 3000; ++i) {
+    const std::uint64_t flow = (i * 31) % 17;
+    const std::size_t band = static_cast<std::size_t>((i * 7) % 3);
+    const auto cost = static_cast<std::uint32_t>(i % 4 + 1);
+    REQUIRE(one.try_push(tracked(i), flow, band, cost, clk.now()) == levee::fair_push_status::ok);
+    REQUIRE(bulk.try_push(tracked(i), flow, band, cost, clk.now()) == levee::fair_push_status::ok);
+  }
+  std::vector<std::uint64_t> a, b;
+  for (;;) {
+    auto r = one.try_pop(clk.now(), no_shed{});
+    if (!r) break;
+    a.push_back(r.value->id);
+  }
+  for (;;) {
+    const auto r = bulk.try_pop_bulk(
+        clk.now(), 7, [&](tracked&& t, const fq::item_info&) noexcept { b.push_back(t.id); }, no_shed{});
+    if (r.count == 0) {
+      CHECK(r.status == levee::fair_pop_status::empty);
+      break;
+    }
+    CHECK(r.status == levee::fair_pop_status::ok);
+  }
+  CHECK(a.size() == 3000);
+  CHECK(a == b);
+  bulk.close();
+  const auto closed = bulk.try_pop_bulk(
+      clk.now(), 7, [](tracked&&, const fq::item_info&) noexcept {}, no_shed{});
+  CHECK(closed.status == levee::fair_pop_status::closed);
+}
+
 TEST_CASE("fair_queue: close refuses pushes, keeps items poppable, then reports closed") {
   mclock clk;
   fq q(levee::fair_queue_options{}, clk);

@@ -413,37 +413,37 @@ class fair_queue {
   requires std::invocable<Sink&, T&&, const item_info&>
   [[nodiscard]] pop_result try_pop(time_point now, Sink&& sink) {
     pop_result r;
-    if (occupancy_.load(std::memory_order_acquire) == 0 && flow_count_.load(std::memory_order_relaxed) == 0) {
-      r.status = door_.is_closed() && occupancy_.load(std::memory_order_acquire) == 0
-                     ? fair_pop_status::closed
-                     : fair_pop_status::empty;
-      return r;
-    }
-    std::uint32_t shed_head = npos;
-    std::uint32_t shed_n = 0;
-    std::uint32_t delivered_node = npos;
-    {
-      std::lock_guard lock(mutex_);
-      drain_door();
-      expire_some(now);
-      release_timers(now);
-      select(now, r, shed_head, shed_n);
-      if (r.status == fair_pop_status::ok) delivered_node = 0;
-      if (r.status != fair_pop_status::ok && scheduled_ != 0) {
-        r.status = fair_pop_status::waiting;
-        r.ready_at = timers_.empty() ? time_point::max() : timers_.front().at;
-      }
-    }
-    if (delivered_node != npos) release_counts(r.info.flow, r.info.band);
-    if (shed_head != npos) deliver_shed(shed_head, shed_n, sink);
-    if (r.status == fair_pop_status::empty && door_.is_closed() &&
-        occupancy_.load(std::memory_order_acquire) == 0)
-      r.status = fair_pop_status::closed;
+    const pop_outcome o = pop_some(now, 1, sink, [&](T&& v, const item_info& info) noexcept {
+      r.value.emplace(std::move(v));
+      r.info = info;
+    });
+    r.status = o.status;
+    r.ready_at = o.ready_at;
     return r;
   }
   template <class Sink>
   requires std::invocable<Sink&, T&&, const item_info&>
   [[nodiscard]] pop_result try_pop(Sink&& sink) { return try_pop(clock_.now(), std::forward<Sink>(sink)); }
+
+  // Up to `max_items` items in one call (one lock acquisition), in the order
+  // try_pop would return them; each is handed to out(T&&, const item_info&)
+  // while the scheduler lock is held (out must not throw: it runs in a
+  // noexcept context; keep it short and do not call into this queue from
+  // it). Shed items go to `sink` after the lock is released, as for try_pop.
+  // Returns how many went to `out` and, when 0, the status try_pop would
+  // have returned (with ready_at for `waiting`).
+  struct bulk_result {
+    std::size_t count = 0;
+    fair_pop_status status = fair_pop_status::empty;
+    time_point ready_at{};
+  };
+  template <class Out, class Sink>
+  requires std::invocable<Out&, T&&, const item_info&> && std::invocable<Sink&, T&&, const item_info&>
+  [[nodiscard]] bulk_result try_pop_bulk(time_point now, std::size_t max_items, Out&& out, Sink&& sink) {
+    const pop_outcome o = pop_some(now, max_items, sink,
+                                   [&](T&& v, const item_info& info) noexcept { out(std::move(v), info); });
+    return bulk_result{o.count, o.status, o.ready_at};
+  }
 
   // The consumer finished the item of (band, flow) that try_pop returned:
   // frees one in-flight slot of that flow. A no-op (no lock) unless
@@ -644,6 +644,7 @@ class fair_queue {
   struct flow_state {
     flow_key key{};
     std::uint64_t weight = 1;
+    std::int64_t quantum = 1;  // weight * options.quantum
     std::int64_t deficit = 0;
     std::uint64_t queued = 0;
     std::uint64_t queued_cost = 0;
@@ -718,14 +719,18 @@ class fair_queue {
   }
 
   void check_item(std::size_t band, std::uint32_t cost) const {
+    if (band < opts_.bands.size() && cost != 0 && (!opts_.flow_rate || cost <= opts_.flow_burst)) [[likely]]
+      return;
+    throw_bad_item(band, cost);
+  }
+  [[noreturn]] void throw_bad_item(std::size_t band, std::uint32_t cost) const {
     if (band >= opts_.bands.size())
       throw std::invalid_argument("levee::fair_queue: band " + std::to_string(band) + " out of range (" +
                                   std::to_string(opts_.bands.size()) + " bands)");
     if (cost == 0) throw std::invalid_argument("levee::fair_queue: cost must be >= 1, got 0");
-    if (opts_.flow_rate && cost > opts_.flow_burst)
-      throw std::invalid_argument("levee::fair_queue: cost " + std::to_string(cost) +
-                                  " exceeds options.flow_burst " + std::to_string(opts_.flow_burst) +
-                                  " (it could never be admitted by the flow rate)");
+    throw std::invalid_argument("levee::fair_queue: cost " + std::to_string(cost) +
+                                " exceeds options.flow_burst " + std::to_string(opts_.flow_burst) +
+                                " (it could never be admitted by the flow rate)");
   }
 
   static std::uint64_t sat_add(std::uint64_t a, std::uint64_t b) noexcept {
@@ -746,10 +751,11 @@ class fair_queue {
       return 1;
     }
   }
-  // weight * quantum, capped so deficits cannot overflow.
-  std::int64_t quantum_of(const flow_state& f) const noexcept {
-    return static_cast<std::int64_t>(std::min<std::uint64_t>(sat_mul(f.weight, opts_.quantum), max_quantum));
+  // weight * quantum, capped so deficits cannot overflow (cached per flow).
+  std::int64_t quantum_for(std::uint64_t weight) const noexcept {
+    return static_cast<std::int64_t>(std::min<std::uint64_t>(sat_mul(weight, opts_.quantum), max_quantum));
   }
+  static std::int64_t quantum_of(const flow_state& f) noexcept { return f.quantum; }
   static constexpr std::uint64_t max_quantum = std::uint64_t{1} << 40;
 
   // GCRA time in units of 1/count ns (exact for levee::rate).
@@ -764,6 +770,44 @@ class fair_queue {
     if (ns > cap) return time_point::max();
     return time_point(
         detail::saturating_ceil<duration>(std::chrono::nanoseconds(static_cast<std::int64_t>(ns))));
+  }
+
+  struct pop_outcome {
+    std::size_t count = 0;
+    fair_pop_status status = fair_pop_status::empty;
+    time_point ready_at{};
+  };
+
+  template <class Sink, class Emit>
+  pop_outcome pop_some(time_point now, std::size_t max_items, Sink& sink, Emit&& emit) {
+    pop_outcome o;
+    if (occupancy_.load(std::memory_order_acquire) == 0 && flow_count_.load(std::memory_order_relaxed) == 0) {
+      o.status = door_.is_closed() && occupancy_.load(std::memory_order_acquire) == 0
+                     ? fair_pop_status::closed
+                     : fair_pop_status::empty;
+      return o;
+    }
+    std::uint32_t shed_idx = npos;
+    std::uint32_t shed_n = 0;
+    {
+      std::lock_guard lock(mutex_);
+      if (occupancy_.load(std::memory_order_relaxed) != scheduled_ + shedding_) drain_door();
+      if (!idle_.empty()) expire_some(now);
+      if (!timers_.empty()) release_timers(now);
+      while (o.count < max_items && select(now, emit, shed_idx, shed_n)) ++o.count;
+      if (o.count != 0) {
+        o.status = fair_pop_status::ok;
+        occupancy_.fetch_sub(o.count, std::memory_order_release);
+      } else if (scheduled_ != 0) {
+        o.status = fair_pop_status::waiting;
+        o.ready_at = timers_.empty() ? time_point::max() : timers_.front().at;
+      }
+    }
+    if (shed_idx != npos) deliver_shed(shed_idx, shed_n, sink);
+    if (o.status == fair_pop_status::empty && door_.is_closed() &&
+        occupancy_.load(std::memory_order_acquire) == 0)
+      o.status = fair_pop_status::closed;
+    return o;
   }
 
   // ---- door -> flows (under the lock) ------------------------------------------
@@ -802,7 +846,7 @@ class fair_queue {
     }
   }
 
-  void accept(door_entry&& e) {
+  LEVEE_DETAIL_ALWAYS_INLINE void accept(door_entry&& e) {
     const flow_key key{e.flow, e.band};
     flow_state* f = last_;
     if (f == nullptr || !(f->key == key)) {
@@ -816,6 +860,7 @@ class fair_queue {
         it = flows_.insert(std::move(nh)).position;
         it->second.key = key;
         it->second.weight = weight_of(e.flow, e.band);
+        it->second.quantum = quantum_for(it->second.weight);
         ++flows_created_;
         flow_count_.store(flows_.size(), std::memory_order_relaxed);
       }
@@ -860,7 +905,7 @@ class fair_queue {
   }
 
   // Removes node i from flow f (either end) and returns it; accounting included.
-  void unlink(flow_state& f, std::uint32_t i) noexcept {
+  LEVEE_DETAIL_ALWAYS_INLINE void unlink(flow_state& f, std::uint32_t i) noexcept {
     node& n = nodes_[i];
     if (n.prev != npos)
       nodes_[n.prev].next = n.next;
@@ -942,7 +987,7 @@ class fair_queue {
 
   // RFC 8290 DRR inside band b: the flow to serve next, or nullptr when the
   // band has no eligible flow. `lifo`: the item to deliver is the newest.
-  flow_state* pick(band_state& b, time_point now, bool lifo) {
+  LEVEE_DETAIL_ALWAYS_INLINE flow_state* pick(band_state& b, time_point now, bool lifo) {
     for (;;) {
       flow_list* l = !b.new_flows.empty() ? &b.new_flows : &b.old_flows;
       flow_state* f = l->head;
@@ -959,14 +1004,21 @@ class fair_queue {
       }
       if (f->deficit <= 0) {
         const std::int64_t q = quantum_of(*f);
-        // Alone in its band nobody's share is at stake: top up in one step.
-        if (b.new_flows.size + b.old_flows.size == 1)
-          f->deficit += (-f->deficit / q + 1) * q;
-        else
+        if (b.new_flows.size + b.old_flows.size == 1) {
+          // Alone in its band nobody's share is at stake: top up in one
+          // step, in place (the old list's tail is where it would go).
+          f->deficit += f->deficit > -q ? q : (-f->deficit / q + 1) * q;
+          if (l == &b.new_flows) {
+            l->remove(f);
+            join_old(*f);
+            l = &b.old_flows;
+          }
+        } else {
           f->deficit += q;
-        l->remove(f);
-        join_old(*f);
-        continue;
+          l->remove(f);
+          join_old(*f);
+          continue;
+        }
       }
       if (opts_.max_in_flight_per_flow != 0 && f->in_flight >= opts_.max_in_flight_per_flow) {
         l->remove(f);
@@ -1035,15 +1087,16 @@ class fair_queue {
   }
 
   // Dequeues from band `band` into r (true) or finds nothing (false).
-  bool band_dequeue(std::size_t band, time_point now, pop_result& r, std::uint32_t& shed_idx,
-                    std::uint32_t& shed_n) {
+  // Returns the cost delivered (>= 1), or 0.
+  template <class Emit>
+  std::uint32_t band_dequeue(std::size_t band, time_point now, Emit& emit, std::uint32_t& shed_idx,
+                             std::uint32_t& shed_n) {
     band_state& b = bands_[band];
     const fair_band_options& bo = opts_.bands[band];
     if (bo.exempt) {
       flow_state* f = pick(b, now, false);
-      if (f == nullptr) return false;
-      deliver(b, *f, false, now, r);
-      return true;
+      if (f == nullptr) return 0;
+      return deliver(b, *f, false, now, emit);
     }
     peeked p = codel_peek(b, band, now);
     if (b.dropping) {
@@ -1072,19 +1125,19 @@ class fair_queue {
         if (!p.ok_to_drop) b.dropping = false;
       }
     }
-    if (p.f == nullptr) return false;
-    deliver(b, *p.f, bo.adaptive_lifo && b.dropping, now, r);
-    return true;
+    if (p.f == nullptr) return 0;
+    return deliver(b, *p.f, bo.adaptive_lifo && b.dropping, now, emit);
   }
 
-  void deliver(band_state& b, flow_state& f, bool lifo, time_point now, pop_result& r) {
+  template <class Emit>
+  LEVEE_DETAIL_ALWAYS_INLINE std::uint32_t deliver(band_state& b, flow_state& f, bool lifo, time_point now,
+                                                   Emit& emit) {
     const std::uint32_t i = lifo ? f.tail : f.head;
     node& n = nodes_[i];
     unlink(f, i);
-    r.status = fair_pop_status::ok;
-    r.value.emplace(std::move(*n.ptr()));
+    emit(std::move(*n.ptr()), item_info{n.flow, n.band, n.cost, n.enqueued});
     n.ptr()->~T();
-    r.info = item_info{n.flow, n.band, n.cost, n.enqueued};
+    release_counts(n.flow, n.band);
     f.deficit -= n.cost;
     f.last_active = now;
     if (opts_.flow_rate) {
@@ -1096,14 +1149,21 @@ class fair_queue {
     const auto soj = std::chrono::duration_cast<std::chrono::nanoseconds>(now - n.enqueued).count();
     b.sojourn.record_exclusive(static_cast<std::uint64_t>(std::max<std::int64_t>(soj, 0)));
     free_node(i);
-    occupancy_.fetch_sub(1, std::memory_order_release);
+    return n.cost;
   }
 
-  void select(time_point now, pop_result& r, std::uint32_t& shed_idx, std::uint32_t& shed_n) {
+  // Delivers one item through emit (true) or finds none eligible (false).
+  template <class Emit>
+  bool select(time_point now, Emit& emit, std::uint32_t& shed_idx, std::uint32_t& shed_n) {
     for (std::size_t s = 0; s < first_weighted_; ++s)
-      if (band_dequeue(s, now, r, shed_idx, shed_n)) return;
+      if (band_dequeue(s, now, emit, shed_idx, shed_n) != 0) return true;
     const std::size_t n_w = opts_.bands.size() - first_weighted_;
-    if (n_w == 0) return;
+    if (n_w == 0) return false;
+    if (n_w == 1) return band_dequeue(first_weighted_, now, emit, shed_idx, shed_n) != 0;
+    // DRR across the weighted bands: a band gets its quantum when the
+    // cursor arrives at it and keeps the cursor until its deficit is spent
+    // or it has nothing eligible. `misses` counts consecutive bands found
+    // with nothing eligible; a full turn of them ends the search.
     std::size_t misses = 0;
     while (misses < n_w) {
       const std::size_t band = first_weighted_ + cursor_;
@@ -1114,20 +1174,24 @@ class fair_queue {
         ++misses;
         continue;
       }
+      misses = 0;
       if (b.deficit <= 0) {
-        const auto q = static_cast<std::int64_t>(std::uint64_t{opts_.bands[band].weight} * opts_.quantum);
-        b.deficit += q;
-        cursor_ = (cursor_ + 1) % n_w;
-        continue;
+        b.deficit += static_cast<std::int64_t>(std::uint64_t{opts_.bands[band].weight} * opts_.quantum);
+        if (b.deficit <= 0) {  // still paying for an earlier large item
+          cursor_ = (cursor_ + 1) % n_w;
+          continue;
+        }
       }
-      if (band_dequeue(band, now, r, shed_idx, shed_n)) {
-        b.deficit -= r.info.cost;
-        return;
+      if (const std::uint32_t cost = band_dequeue(band, now, emit, shed_idx, shed_n); cost != 0) {
+        b.deficit -= cost;
+        if (b.deficit <= 0) cursor_ = (cursor_ + 1) % n_w;
+        return true;
       }
       b.deficit = 0;
       cursor_ = (cursor_ + 1) % n_w;
       ++misses;
     }
+    return false;
   }
 
   // Hands shed nodes to the sink outside the lock, then returns them.

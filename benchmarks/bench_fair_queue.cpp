@@ -1,0 +1,228 @@
+// bench_fair_queue - per-item cost of levee::fair_queue against the FIFO it
+// would replace (levee::mpmc_queue), measured in the same run.
+//
+// Table 1 (one thread): ns per item for push + pop, in batches of 64 (push
+// 64, pop 64), 8-byte items, capacity 1024, `now` read once per batch and
+// passed in (as the leveler does):
+//   fifo       levee::mpmc_queue<std::uint64_t>
+//   fair/1     levee::fair_queue, one flow, one band (CoDel on, nothing shed)
+//   fair/1000  levee::fair_queue, 1,000 flows (item i in flow i % 1000), one band
+//   fair/1000+ the same with max_queued_per_flow set (striped per-flow counters on push)
+// Each run measures fifo, fair/1, fifo, fair/1000, fifo, fair/1000+ (A-B-A):
+// a fair cell's ratio is its ns / the mean of the fifo cells around it.
+// Cells: median [min-max] of --runs runs; ratios: median of the same-run ratios.
+// Table 2 (threads): 2 producers and 2 consumers moving N items through the
+// queue (try_ operations, yield when full/empty): wall ns per item, fifo vs
+// fair/1000, same A-B-A scheme.
+// Options: --smoke (tiny counts, 1 run), --runs N (default 5).
+#include <sys/utsname.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <levee/fair_queue.hpp>
+#include <levee/mpmc_queue.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_support.hpp"
+
+namespace {
+
+using sc = std::chrono::steady_clock;
+bool smoke = false;
+int runs = 5;
+
+std::atomic<std::uint64_t> sink_total{0};
+
+struct no_sink {
+  void operator()(std::uint64_t&&, const levee::fair_item_info<sc::time_point>&) const noexcept {
+    sink_total.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+
+constexpr std::size_t batch = 64;
+
+double run_fifo(std::uint64_t items) {
+  levee::mpmc_queue<std::uint64_t> q(1024);
+  std::uint64_t sum = 0;
+  const auto t0 = sc::now();
+  for (std::uint64_t done = 0; done < items; done += batch) {
+    for (std::size_t i = 0; i < batch; ++i)
+      if (!q.try_push(done + i)) std::abort();
+    for (std::size_t i = 0; i < batch; ++i) {
+      std::uint64_t v = 0;
+      if (!q.try_pop(v)) std::abort();
+      sum += v;
+    }
+  }
+  const double ns = std::chrono::duration<double, std::nano>(sc::now() - t0).count();
+  if (sum == 42) std::printf(" ");
+  return ns / static_cast<double>(items);
+}
+
+double run_fair(std::uint64_t items, std::uint64_t flows, bool per_flow_limit) {
+  levee::fair_queue_options o;
+  o.capacity = 1024;
+  if (per_flow_limit) o.max_queued_per_flow = 1024;
+  levee::fair_queue<std::uint64_t> q(o);
+  std::uint64_t sum = 0;
+  const auto t0 = sc::now();
+  for (std::uint64_t done = 0; done < items; done += batch) {
+    const auto now = sc::now();
+    for (std::size_t i = 0; i < batch; ++i)
+      if (q.try_push(done + i, (done + i) % flows, 0, 1, now) != levee::fair_push_status::ok) std::abort();
+    for (std::size_t i = 0; i < batch; ++i) {
+      auto r = q.try_pop(now, no_sink{});
+      if (!r) std::abort();
+      sum += *r.value;
+    }
+  }
+  const double ns = std::chrono::duration<double, std::nano>(sc::now() - t0).count();
+  if (sum == 42) std::printf(" ");
+  return ns / static_cast<double>(items);
+}
+
+// 2 producers, 2 consumers; wall ns per item.
+template <class Push, class Pop>
+double run_threads(std::uint64_t items, Push push, Pop pop) {
+  std::atomic<std::uint64_t> consumed{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> ts;
+  const std::uint64_t per = items / 2;
+  for (int p = 0; p < 2; ++p)
+    ts.emplace_back([&, p] {
+      while (!go.load()) std::this_thread::yield();
+      for (std::uint64_t i = 0; i < per; ++i)
+        while (!push(static_cast<std::uint64_t>(p) * per + i)) std::this_thread::yield();
+    });
+  for (int c = 0; c < 2; ++c)
+    ts.emplace_back([&] {
+      while (!go.load()) std::this_thread::yield();
+      while (consumed.load(std::memory_order_relaxed) < 2 * per) {
+        if (pop())
+          consumed.fetch_add(1, std::memory_order_relaxed);
+        else
+          std::this_thread::yield();
+      }
+    });
+  const auto t0 = sc::now();
+  go.store(true);
+  for (auto& t : ts) t.join();
+  const double ns = std::chrono::duration<double, std::nano>(sc::now() - t0).count();
+  return ns / static_cast<double>(2 * per);
+}
+
+double threads_fifo(std::uint64_t items) {
+  levee::mpmc_queue<std::uint64_t> q(1024);
+  return run_threads(
+      items, [&](std::uint64_t v) { return q.try_push(v); },
+      [&] {
+        std::uint64_t v = 0;
+        return q.try_pop(v);
+      });
+}
+
+double threads_fair(std::uint64_t items) {
+  levee::fair_queue_options o;
+  o.capacity = 1024;
+  levee::fair_queue<std::uint64_t> q(o);
+  return run_threads(
+      items,
+      [&](std::uint64_t v) { return q.try_push(std::uint64_t{v}, v % 1000) == levee::fair_push_status::ok; },
+      [&] { return q.try_pop(no_sink{}).status == levee::fair_pop_status::ok; });
+}
+
+void print_cell(const char* name, const levee_bench::stats& s, const levee_bench::stats* ratio) {
+  std::printf("| %-10s | %7.1f [%.1f-%.1f] |", name, s.median, s.min, s.max);
+  if (ratio != nullptr)
+    std::printf(" %.2fx [%.2f-%.2f] |\n", ratio->median, ratio->min, ratio->max);
+  else
+    std::printf(" - |\n");
+}
+
+void describe_machine() {
+  std::string model = "unknown CPU";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  utsname u{};
+  uname(&u);
+  std::printf("Machine: %s, %u hardware threads, Linux %s; compiler %s; %d runs per cell%s.\n", model.c_str(),
+              std::thread::hardware_concurrency(), u.release, __VERSION__, runs,
+              smoke ? " (SMOKE MODE)" : "");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--smoke") {
+      smoke = true;
+    } else if (a == "--runs" && i + 1 < argc) {
+      runs = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: %s [--smoke] [--runs N]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (smoke && runs == 5) runs = 1;
+  std::printf("## levee::fair_queue benchmark\n\n");
+  describe_machine();
+  const std::uint64_t items = smoke ? 64 * 100 : 64 * 100000;
+
+  std::vector<double> fifo, fair1, fair1000, fair1000l, r1, r1000, r1000l;
+  for (int run = 0; run < runs; ++run) {
+    const double a0 = run_fifo(items);
+    const double b1 = run_fair(items, 1, false);
+    const double a1 = run_fifo(items);
+    const double b2 = run_fair(items, 1000, false);
+    const double a2 = run_fifo(items);
+    const double b3 = run_fair(items, 1000, true);
+    const double a3 = run_fifo(items);
+    fifo.insert(fifo.end(), {a0, a1, a2, a3});
+    fair1.push_back(b1);
+    fair1000.push_back(b2);
+    fair1000l.push_back(b3);
+    r1.push_back(b1 / ((a0 + a1) / 2));
+    r1000.push_back(b2 / ((a1 + a2) / 2));
+    r1000l.push_back(b3 / ((a2 + a3) / 2));
+  }
+  std::printf("\n### One thread: push + pop, ns per item (batches of 64)\n\n");
+  std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
+  const auto s_r1 = levee_bench::summarize(r1);
+  const auto s_r1000 = levee_bench::summarize(r1000);
+  const auto s_r1000l = levee_bench::summarize(r1000l);
+  print_cell("fifo", levee_bench::summarize(fifo), nullptr);
+  print_cell("fair/1", levee_bench::summarize(fair1), &s_r1);
+  print_cell("fair/1000", levee_bench::summarize(fair1000), &s_r1000);
+  print_cell("fair/1000+", levee_bench::summarize(fair1000l), &s_r1000l);
+
+  const std::uint64_t titems = smoke ? 2000 : 2000000;
+  std::vector<double> tf, tq, tr;
+  for (int run = 0; run < runs; ++run) {
+    const double a0 = threads_fifo(titems);
+    const double b = threads_fair(titems);
+    const double a1 = threads_fifo(titems);
+    tf.insert(tf.end(), {a0, a1});
+    tq.push_back(b);
+    tr.push_back(b / ((a0 + a1) / 2));
+  }
+  std::printf("\n### 2 producers + 2 consumers: wall ns per item\n\n");
+  std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
+  const auto s_tr = levee_bench::summarize(tr);
+  print_cell("fifo", levee_bench::summarize(tf), nullptr);
+  print_cell("fair/1000", levee_bench::summarize(tq), &s_tr);
+  if (sink_total.load() != 0)
+    std::printf("\n(shed during the runs: %llu)\n", static_cast<unsigned long long>(sink_total.load()));
+  return 0;
+}

@@ -3,13 +3,14 @@
 //
 // Table 1 (one thread): ns per item for push + pop, in batches of 64 (push
 // 64, pop 64), 8-byte items, capacity 1024, `now` read once per batch and
-// passed in (as the leveler does):
-//   fifo       levee::mpmc_queue<std::uint64_t>
+// passed in (as the leveler does). Pops one at a time (try_pop) or the 64
+// with one call (try_pop_bulk, as the leveler's batching worker does):
 //   fair/1     levee::fair_queue, one flow, one band (CoDel on, nothing shed)
 //   fair/1000  levee::fair_queue, 1,000 flows (item i in flow i % 1000), one band
 //   fair/1000+ the same with max_queued_per_flow set (striped per-flow counters on push)
-// Each run measures fifo, fair/1, fifo, fair/1000, fifo, fair/1000+ (A-B-A):
-// a fair cell's ratio is its ns / the mean of the fifo cells around it.
+// against levee::mpmc_queue<std::uint64_t> (fifo) with the same pop mode.
+// Each fair cell is measured between two fifo cells (A-B-A): its ratio is
+// its ns / the mean of the two fifo cells around it, in the same run.
 // Cells: median [min-max] of --runs runs; ratios: median of the same-run ratios.
 // Table 2 (threads): 2 producers and 2 consumers moving N items through the
 // queue (try_ operations, yield when full/empty): wall ns per item, fifo vs
@@ -47,13 +48,29 @@ struct no_sink {
 
 constexpr std::size_t batch = 64;
 
-double run_fifo(std::uint64_t items) {
+struct adder {
+  std::uint64_t* sum;
+  adder& operator*() noexcept { return *this; }
+  adder& operator++() noexcept { return *this; }
+  adder operator++(int) noexcept { return *this; }
+  adder& operator=(std::uint64_t v) noexcept {
+    *sum += v;
+    return *this;
+  }
+  using difference_type = std::ptrdiff_t;
+};
+
+double run_fifo(std::uint64_t items, bool bulk) {
   levee::mpmc_queue<std::uint64_t> q(1024);
   std::uint64_t sum = 0;
   const auto t0 = sc::now();
   for (std::uint64_t done = 0; done < items; done += batch) {
     for (std::size_t i = 0; i < batch; ++i)
       if (!q.try_push(done + i)) std::abort();
+    if (bulk) {
+      if (q.try_pop_bulk(adder{&sum}, batch) != batch) std::abort();
+      continue;
+    }
     for (std::size_t i = 0; i < batch; ++i) {
       std::uint64_t v = 0;
       if (!q.try_pop(v)) std::abort();
@@ -65,7 +82,7 @@ double run_fifo(std::uint64_t items) {
   return ns / static_cast<double>(items);
 }
 
-double run_fair(std::uint64_t items, std::uint64_t flows, bool per_flow_limit) {
+double run_fair(std::uint64_t items, std::uint64_t flows, bool per_flow_limit, bool bulk) {
   levee::fair_queue_options o;
   o.capacity = 1024;
   if (per_flow_limit) o.max_queued_per_flow = 1024;
@@ -76,6 +93,12 @@ double run_fair(std::uint64_t items, std::uint64_t flows, bool per_flow_limit) {
     const auto now = sc::now();
     for (std::size_t i = 0; i < batch; ++i)
       if (q.try_push(done + i, (done + i) % flows, 0, 1, now) != levee::fair_push_status::ok) std::abort();
+    if (bulk) {
+      const auto r = q.try_pop_bulk(
+          now, batch, [&](std::uint64_t&& v, const auto&) noexcept { sum += v; }, no_sink{});
+      if (r.count != batch) std::abort();
+      continue;
+    }
     for (std::size_t i = 0; i < batch; ++i) {
       auto r = q.try_pop(now, no_sink{});
       if (!r) std::abort();
@@ -180,32 +203,40 @@ int main(int argc, char** argv) {
   describe_machine();
   const std::uint64_t items = smoke ? 64 * 100 : 64 * 100000;
 
-  std::vector<double> fifo, fair1, fair1000, fair1000l, r1, r1000, r1000l;
+  struct cell {
+    const char* name;
+    std::uint64_t flows;
+    bool limit;
+    bool bulk;
+    std::vector<double> ns, ratio;
+  };
+  std::vector<cell> cells = {
+      {"fair/1", 1, false, false, {}, {}},       {"fair/1000", 1000, false, false, {}, {}},
+      {"fair/1000+", 1000, true, false, {}, {}}, {"fair/1", 1, false, true, {}, {}},
+      {"fair/1000", 1000, false, true, {}, {}},  {"fair/1000+", 1000, true, true, {}, {}},
+  };
+  std::vector<double> fifo[2];
   for (int run = 0; run < runs; ++run) {
-    const double a0 = run_fifo(items);
-    const double b1 = run_fair(items, 1, false);
-    const double a1 = run_fifo(items);
-    const double b2 = run_fair(items, 1000, false);
-    const double a2 = run_fifo(items);
-    const double b3 = run_fair(items, 1000, true);
-    const double a3 = run_fifo(items);
-    fifo.insert(fifo.end(), {a0, a1, a2, a3});
-    fair1.push_back(b1);
-    fair1000.push_back(b2);
-    fair1000l.push_back(b3);
-    r1.push_back(b1 / ((a0 + a1) / 2));
-    r1000.push_back(b2 / ((a1 + a2) / 2));
-    r1000l.push_back(b3 / ((a2 + a3) / 2));
+    for (auto& c : cells) {
+      const double a0 = run_fifo(items, c.bulk);
+      const double b = run_fair(items, c.flows, c.limit, c.bulk);
+      const double a1 = run_fifo(items, c.bulk);
+      fifo[c.bulk ? 1 : 0].insert(fifo[c.bulk ? 1 : 0].end(), {a0, a1});
+      c.ns.push_back(b);
+      c.ratio.push_back(b / ((a0 + a1) / 2));
+    }
   }
-  std::printf("\n### One thread: push + pop, ns per item (batches of 64)\n\n");
-  std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
-  const auto s_r1 = levee_bench::summarize(r1);
-  const auto s_r1000 = levee_bench::summarize(r1000);
-  const auto s_r1000l = levee_bench::summarize(r1000l);
-  print_cell("fifo", levee_bench::summarize(fifo), nullptr);
-  print_cell("fair/1", levee_bench::summarize(fair1), &s_r1);
-  print_cell("fair/1000", levee_bench::summarize(fair1000), &s_r1000);
-  print_cell("fair/1000+", levee_bench::summarize(fair1000l), &s_r1000l);
+  for (int bulk = 0; bulk < 2; ++bulk) {
+    std::printf("\n### One thread: push 64 + pop 64 (%s), ns per item\n\n",
+                bulk ? "try_pop_bulk" : "try_pop");
+    std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
+    print_cell("fifo", levee_bench::summarize(fifo[bulk]), nullptr);
+    for (const auto& c : cells) {
+      if (c.bulk != (bulk == 1)) continue;
+      const auto r = levee_bench::summarize(c.ratio);
+      print_cell(c.name, levee_bench::summarize(c.ns), &r);
+    }
+  }
 
   const std::uint64_t titems = smoke ? 2000 : 2000000;
   std::vector<double> tf, tq, tr;

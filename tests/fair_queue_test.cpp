@@ -226,6 +226,14 @@ TEST_CASE("fair_queue: per-flow in-flight limit: a flow at its limit takes no tu
   CHECK(r.info.flow == 1);
   CHECK(r.value->id == 2);
   CHECK(q.try_pop(no_shed{}).status == levee::fair_pop_status::waiting);
+  // Shutdown: drain_all takes what is left whether eligible or not.
+  CHECK(q.push_count() == 7);
+  q.close();
+  std::vector<std::uint64_t> left;
+  CHECK(q.drain_all([&](tracked&& t, const fq::item_info&) noexcept { left.push_back(t.id); }) == 2);
+  CHECK(left == std::vector<std::uint64_t>{3, 4});
+  CHECK(q.size_approx() == 0);
+  CHECK(q.try_pop(no_shed{}).status == levee::fair_pop_status::closed);
 }
 
 TEST_CASE(

@@ -265,23 +265,28 @@ class fair_flow_counters {
 // A bounded multi-producer multi-consumer queue discipline for many
 // tenants. See the top of this header for the algorithm.
 //
-// Blocking: nothing here blocks or waits for an event (there is no blocking
-// pop: the caller waits, e.g. on its own event count, and sleeps until
-// ready_at when told `waiting`). Locks:
+// Blocking: nothing here waits for an event (there is no blocking pop: the
+// caller waits, e.g. on its own event count, and sleeps until ready_at when
+// told `waiting`). What takes a lock:
 //  - try_push takes no lock unless max_queued_per_flow is set: it is one CAS
-//    on the occupancy counter and one lock-free push into the door. With
-//    max_queued_per_flow it also takes one of 64 striped mutexes (hashed by
-//    (band, flow)) around a hash-map update, and so does the pop or shed of
-//    that item.
-//  - try_pop, finished() (when max_in_flight_per_flow is set), estimate_wait
-//    and metrics take the one scheduler mutex. try_pop returns at once
-//    without it when the queue is empty and holds no flow state.
-//    A try_pop that finds a long door moves all of it (its latency is
+//    on the occupancy counter and one lock-free push into the door (which
+//    may spin briefly, then yield, while a consumer is moving the item out
+//    of the slot it needs). With max_queued_per_flow it also takes one of 64
+//    striped mutexes (hashed by (band, flow)) around a hash-map update, and
+//    so does the pop, shed or drain of that item (under the scheduler mutex
+//    for a pop: the order is always scheduler, then stripe).
+//  - try_pop, try_pop_bulk, drain_all, finished() (when
+//    max_in_flight_per_flow is set), expire_idle, estimate_wait and metrics
+//    take the one scheduler mutex (a std::mutex). try_pop and try_pop_bulk
+//    return at once without it when the queue is empty and holds no flow
+//    state. A pop that finds a long door moves all of it (its latency is
 //    proportional to the number of items pushed since the last pop).
 //  - The sink runs after the scheduler mutex is released.
-// Memory ordering: a successful try_push happens-before the try_pop that
-// returns (or sheds) its item (the door's publication). close()
-// happens-before every push it refuses.
+// Memory ordering: a successful try_push happens-before the pop that
+// returns, sheds or drains its item (the door's publication, then the
+// scheduler mutex). close() happens-before every push it refuses. The
+// occupancy counter only bounds the count (relaxed CAS on push): it orders no
+// data; items are handed over by the door and the scheduler mutex.
 template <class T, clock Clock = std::chrono::steady_clock>
 class fair_queue {
   static_assert(std::is_object_v<T> && !std::is_const_v<T> && !std::is_array_v<T>,
@@ -445,6 +450,36 @@ class fair_queue {
     return bulk_result{o.count, o.status, o.ready_at};
   }
 
+  // Takes every queued item, eligible or not, without CoDel, handing each
+  // to out(T&&, const item_info&) under the scheduler lock (out must not
+  // throw: it runs in a noexcept context; nor call into this queue): for shutdown, when whatever is left is
+  // cancelled. Items whose push is still being published when it runs are
+  // not taken: call it until size_approx() == 0 after close(). Returns how
+  // many it took. In-flight counts and rate states are left as they are.
+  template <class Out>
+  requires std::invocable<Out&, T&&, const item_info&> std::size_t drain_all(Out&& out) {
+    auto emit = [&](T&& v, const item_info& info) noexcept { out(std::move(v), info); };
+    std::size_t n = 0;
+    {
+      std::lock_guard lock(mutex_);
+      drain_door();
+      for (auto& [key, f] : flows_) {
+        while (f.head != npos) {
+          const std::uint32_t i = f.head;
+          node& nd = nodes_[i];
+          unlink(f, i);
+          emit(std::move(*nd.ptr()), item_info{nd.flow, nd.band, nd.cost, nd.enqueued});
+          nd.ptr()->~T();
+          release_counts(nd.flow, nd.band);
+          free_node(i);
+          ++n;
+        }
+      }
+      occupancy_.fetch_sub(n, std::memory_order_release);
+    }
+    return n;
+  }
+
   // The consumer finished the item of (band, flow) that try_pop returned:
   // frees one in-flight slot of that flow. A no-op (no lock) unless
   // max_in_flight_per_flow is set. Calls without a matching pop are ignored.
@@ -568,6 +603,10 @@ class fair_queue {
   [[nodiscard]] std::size_t size_approx() const noexcept {
     return static_cast<std::size_t>(occupancy_.load(std::memory_order_acquire));
   }
+  // Items accepted since construction: monotonic and exact (each accepted
+  // item is pushed into the door exactly once; refused pushes never count).
+  // Memory ordering: as mpmc_queue::push_count.
+  [[nodiscard]] std::uint64_t push_count() const noexcept { return door_.push_count(); }
   // Flow states held (queued, in flight or idle within the TTL). Racy.
   [[nodiscard]] std::size_t flow_count() const noexcept {
     return flow_count_.load(std::memory_order_relaxed);

@@ -552,6 +552,7 @@ TEST_CASE("fair_queue: estimate_wait is an upper bound on the cost dispatched fi
   auto first = q.try_pop(clk.now(), no_shed{});
   REQUIRE(first);
   const auto e = q.estimate_wait(3, 1, 1, clk.now());
+  CHECK(q.predicted_wait(3, 1, 1, clk.now(), 1ms) == std::chrono::milliseconds(e.cost_ahead));
   REQUIRE(q.try_push(tracked(777), 3, 1, 1, clk.now()) == levee::fair_push_status::ok);
   std::uint64_t before = 0;
   for (;;) {

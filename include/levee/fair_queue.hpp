@@ -46,7 +46,12 @@
 //      sojourn exceeds overload_cutoff_targets * target (default 2, as
 //      folly's Codel) is therefore shed too. Set it to 0 for pure RFC 8289.
 //      Shed items go to the sink passed to try_pop (never silently); an
-//      exempt band never sheds.
+//      exempt band never sheds. The state is per band but the sojourn is
+//      that of the flow being served, so a band sheds only while the flows
+//      it serves all see a standing queue: a sparse flow served at once
+//      keeps the band below target, and one flow's private backlog next to
+//      such flows is bounded by max_queued_per_flow and the capacity, not
+//      by CoDel (its items are delayed, the other flows' are not).
 //      Adaptive LIFO (per band, optional): while the band is in the dropping
 //      state, the flow chosen delivers its newest item instead of its oldest
 //      (CoDel still measures, and sheds, the oldest); it returns to FIFO as
@@ -1089,7 +1094,7 @@ class fair_queue {
 
   // RFC 8289 dodequeue, without removing the item: the flow to serve and
   // whether its oldest item may be shed.
-  peeked codel_peek(band_state& b, std::size_t band, time_point now) {
+  LEVEE_DETAIL_ALWAYS_INLINE peeked codel_peek(band_state& b, std::size_t band, time_point now) {
     peeked p;
     p.f = pick(b, now, opts_.bands[band].adaptive_lifo && b.dropping);
     if (p.f == nullptr) {
@@ -1128,8 +1133,8 @@ class fair_queue {
   // Dequeues from band `band` into r (true) or finds nothing (false).
   // Returns the cost delivered (>= 1), or 0.
   template <class Emit>
-  std::uint32_t band_dequeue(std::size_t band, time_point now, Emit& emit, std::uint32_t& shed_idx,
-                             std::uint32_t& shed_n) {
+  LEVEE_DETAIL_ALWAYS_INLINE std::uint32_t band_dequeue(std::size_t band, time_point now, Emit& emit,
+                                                        std::uint32_t& shed_idx, std::uint32_t& shed_n) {
     band_state& b = bands_[band];
     const fair_band_options& bo = opts_.bands[band];
     if (bo.exempt) {

@@ -4,13 +4,15 @@
 // (RFC 8289) sojourn control per band that sheds to a caller-supplied sink.
 //
 // Structure. Producers push into a lock-free door (a levee::mpmc_queue of
-// the whole capacity). Consumers call try_pop(), which takes the scheduler
-// lock, moves everything in the door into per-flow queues (each item moves
-// once, so this is amortised O(1) per item), and then chooses one item:
+// the whole capacity). Consumers call try_pop() or try_pop_bulk(), which
+// take the scheduler lock, move everything in the door into per-flow queues
+// (each item moves once, so this is amortised O(1) per item), and then
+// choose items one at a time:
 //   1. bands: strict bands, in index order, are served before everything
 //      after them while they have an eligible item; the weighted bands (all
 //      after the strict ones) share the rest by deficit round robin with
-//      quantum weight * options.quantum (cost units).
+//      quantum band weight * options.quantum (cost units), given to a band
+//      when the round robin arrives at it.
 //   2. flows: inside a band, flows (keyed by (band, flow id)) are served by
 //      the deficit round robin of RFC 8290 with its two lists: a flow that
 //      becomes backlogged joins the "new" list with one quantum
@@ -66,7 +68,10 @@
 // Capacity is exact over the whole queue: size_approx() (door + scheduled +
 // items being shed) never exceeds capacity(). Storage: the door ring and a
 // node pool of `capacity` items are allocated at construction; flow states
-// are allocated when a flow first appears and freed when it expires.
+// are allocated when a flow first appears and freed when it expires (up to
+// 64 are kept for reuse). Room for the states of the next 64 items' flows
+// is allocated before those items leave the door, so an allocation failure
+// (std::bad_alloc from try_pop) loses no item.
 #pragma once
 
 #include <algorithm>
@@ -441,7 +446,8 @@ class fair_queue {
   // noexcept context; keep it short and do not call into this queue from
   // it). Shed items go to `sink` after the lock is released, as for try_pop.
   // Returns how many went to `out` and, when 0, the status try_pop would
-  // have returned (with ready_at for `waiting`).
+  // have returned (with ready_at for `waiting`); max_items == 0 returns
+  // {0, empty} without looking at the queue.
   struct bulk_result {
     std::size_t count = 0;
     fair_pop_status status = fair_pop_status::empty;
@@ -450,6 +456,7 @@ class fair_queue {
   template <class Out, class Sink>
   requires std::invocable<Out&, T&&, const item_info&> && std::invocable<Sink&, T&&, const item_info&>
   [[nodiscard]] bulk_result try_pop_bulk(time_point now, std::size_t max_items, Out&& out, Sink&& sink) {
+    if (max_items == 0) return bulk_result{};
     const pop_outcome o = pop_some(now, max_items, sink,
                                    [&](T&& v, const item_info& info) noexcept { out(std::move(v), info); });
     return bulk_result{o.count, o.status, o.ready_at};

@@ -13,7 +13,8 @@
 // its ns / the mean of the two fifo cells around it, in the same run.
 // Cells: median [min-max] of --runs runs; ratios: median of the same-run ratios.
 // Table 2 (threads): 2 producers and 2 consumers moving N items through the
-// queue (try_ operations, yield when full/empty): wall ns per item, fifo vs
+// queue (try_ operations, yield when full/empty; consumers take one item per
+// call, then up to 16 with the bulk operations): wall ns per item, fifo vs
 // fair/1000, same A-B-A scheme.
 // Options: --smoke (tiny counts, 1 run), --runs N (default 5).
 #include <sys/utsname.h>
@@ -127,8 +128,8 @@ double run_threads(std::uint64_t items, Push push, Pop pop) {
     ts.emplace_back([&] {
       while (!go.load()) std::this_thread::yield();
       while (consumed.load(std::memory_order_relaxed) < 2 * per) {
-        if (pop())
-          consumed.fetch_add(1, std::memory_order_relaxed);
+        if (const std::uint64_t n = pop(); n != 0)
+          consumed.fetch_add(n, std::memory_order_relaxed);
         else
           std::this_thread::yield();
       }
@@ -140,24 +141,33 @@ double run_threads(std::uint64_t items, Push push, Pop pop) {
   return ns / static_cast<double>(2 * per);
 }
 
-double threads_fifo(std::uint64_t items) {
+// pop: items taken by one consumer call (0 = none).
+double threads_fifo(std::uint64_t items, bool bulk) {
   levee::mpmc_queue<std::uint64_t> q(1024);
   return run_threads(
       items, [&](std::uint64_t v) { return q.try_push(v); },
-      [&] {
-        std::uint64_t v = 0;
-        return q.try_pop(v);
+      [&]() -> std::uint64_t {
+        std::uint64_t sum = 0;
+        if (bulk) return q.try_pop_bulk(adder{&sum}, 16);
+        return q.try_pop(sum) ? 1 : 0;
       });
 }
 
-double threads_fair(std::uint64_t items) {
+double threads_fair(std::uint64_t items, bool bulk) {
   levee::fair_queue_options o;
   o.capacity = 1024;
   levee::fair_queue<std::uint64_t> q(o);
   return run_threads(
       items,
       [&](std::uint64_t v) { return q.try_push(std::uint64_t{v}, v % 1000) == levee::fair_push_status::ok; },
-      [&] { return q.try_pop(no_sink{}).status == levee::fair_pop_status::ok; });
+      [&]() -> std::uint64_t {
+        if (bulk)
+          return q
+              .try_pop_bulk(
+                  sc::now(), 16, [](std::uint64_t&&, const auto&) noexcept {}, no_sink{})
+              .count;
+        return q.try_pop(no_sink{}).status == levee::fair_pop_status::ok ? 1 : 0;
+      });
 }
 
 void print_cell(const char* name, const levee_bench::stats& s, const levee_bench::stats* ratio) {
@@ -239,20 +249,23 @@ int main(int argc, char** argv) {
   }
 
   const std::uint64_t titems = smoke ? 2000 : 2000000;
-  std::vector<double> tf, tq, tr;
-  for (int run = 0; run < runs; ++run) {
-    const double a0 = threads_fifo(titems);
-    const double b = threads_fair(titems);
-    const double a1 = threads_fifo(titems);
-    tf.insert(tf.end(), {a0, a1});
-    tq.push_back(b);
-    tr.push_back(b / ((a0 + a1) / 2));
+  for (int bulk = 0; bulk < 2; ++bulk) {
+    std::vector<double> tf, tq, tr;
+    for (int run = 0; run < runs; ++run) {
+      const double a0 = threads_fifo(titems, bulk == 1);
+      const double b = threads_fair(titems, bulk == 1);
+      const double a1 = threads_fifo(titems, bulk == 1);
+      tf.insert(tf.end(), {a0, a1});
+      tq.push_back(b);
+      tr.push_back(b / ((a0 + a1) / 2));
+    }
+    std::printf("\n### 2 producers + 2 consumers (%s): wall ns per item\n\n",
+                bulk ? "consumers take up to 16 per call" : "one per call");
+    std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
+    const auto s_tr = levee_bench::summarize(tr);
+    print_cell("fifo", levee_bench::summarize(tf), nullptr);
+    print_cell("fair/1000", levee_bench::summarize(tq), &s_tr);
   }
-  std::printf("\n### 2 producers + 2 consumers: wall ns per item\n\n");
-  std::printf("| queue | ns/item median [min-max] | x fifo (same-run ratio) |\n|---|---|---|\n");
-  const auto s_tr = levee_bench::summarize(tr);
-  print_cell("fifo", levee_bench::summarize(tf), nullptr);
-  print_cell("fair/1000", levee_bench::summarize(tq), &s_tr);
   if (sink_total.load() != 0)
     std::printf("\n(shed during the runs: %llu)\n", static_cast<unsigned long long>(sink_total.load()));
   return 0;

@@ -27,6 +27,12 @@ using clock_type = levee::manual_clock;
 using time_point = clock_type::time_point;
 using ns = std::chrono::nanoseconds;
 
+time_point saturating_add(time_point t, ns d) {
+  std::int64_t r = 0;
+  if (__builtin_add_overflow(t.time_since_epoch().count(), d.count(), &r)) return time_point::max();
+  return time_point(ns(r));
+}
+
 struct job {
   std::uint64_t id = 0;
   std::uint32_t script = 0;  // 2 bits per attempt: 0/3 success, 1 failure, 2 throw
@@ -107,10 +113,12 @@ void run(levee_fuzz::input& in) {
   if (gate == 2) o.adaptive.emplace();
   o.retry.max_attempts = 1 + static_cast<std::uint32_t>(in.below(4));
   o.retry.base_backoff = ns(1 + static_cast<std::int64_t>(in.u16()) * 1000);
-  o.retry.max_backoff = o.retry.base_backoff * (1 + in.below(64));
+  // "Maximum" durations mean "no limit" and must saturate, never overflow.
+  o.retry.max_backoff = in.below(8) == 0 ? ns::max() : o.retry.base_backoff * (1 + in.below(64));
   o.retry.budget_ratio = static_cast<double>(in.below(3)) * 0.5;
   o.retry.min_retries_per_second = static_cast<std::uint32_t>(in.below(20));
-  if (in.below(4) == 0) o.default_deadline = ns(1 + static_cast<std::int64_t>(in.u32()) * 100);
+  if (in.below(4) == 0)
+    o.default_deadline = in.below(4) == 0 ? ns::max() : ns(1 + static_cast<std::int64_t>(in.u32()) * 100);
   if (in.boolean()) o.health = levee::health_options::disabled();
   o.seed = in.u64();
   o.dead_letter = [&w](job&& j, levee::dead_letter_reason r, std::exception_ptr) {
@@ -182,14 +190,16 @@ void run(levee_fuzz::input& in) {
         leveler_type::job_options jo;
         if (in.boolean()) jo.key = in.u64();
         if (in.below(3) == 0)
-          jo.deadline = w.clk.now() + ns(static_cast<std::int64_t>(in.u32()) * 100) - ns(1000);
+          jo.deadline = in.below(8) == 0
+                            ? time_point::max()
+                            : w.clk.now() + ns(static_cast<std::int64_t>(in.u32()) * 100) - ns(1000);
         const unsigned how = static_cast<unsigned>(in.below(3));
         const time_point now = w.clk.now();
         auto& rec = w.jobs[j.id];
         if (how != 0 && jo.deadline)
           rec.deadline = jo.deadline;
         else if (o.default_deadline)
-          rec.deadline = now + *o.default_deadline;
+          rec.deadline = saturating_add(now, *o.default_deadline);
         levee::submit_result<job> r = how == 0   ? lev.try_submit(j)
                                       : how == 1 ? lev.try_submit(j, jo)
                                                  : lev.submit(j, jo);  // reject or drop_oldest: never blocks
@@ -208,6 +218,10 @@ void run(levee_fuzz::input& in) {
               ++w.rejected_closed;
               break;
             case levee::submit_status::would_miss_deadline:
+              // With the simulation's rates (>= 1/s) and capacities (<= 12) no job waits an hour.
+              LEVEE_FUZZ_CHECK(rec.deadline && *rec.deadline - now < std::chrono::hours(1),
+                               "job %llu with a deadline an hour or more away refused as would_miss_deadline",
+                               static_cast<unsigned long long>(j.id));
               ++w.rejected_deadline;
               break;
             default:

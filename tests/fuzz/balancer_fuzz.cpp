@@ -324,8 +324,8 @@ void run(levee_fuzz::input& in, S strategy, share_kind shares, bool keyed) {
   }
   const bool weighted = shares == share_kind::exact_weighted || shares == share_kind::random_weighted;
   const std::uint64_t period = weighted ? total_w / g : model.size();
-  const std::uint64_t rounds = std::max<std::uint64_t>(1, 20'000 / period);
-  if (period * rounds > 200'000) return;
+  const std::uint64_t rounds = std::max<std::uint64_t>(1, 4'000 / period);
+  if (period * rounds > 40'000) return;
   const std::uint64_t picks = period * rounds;
   std::map<levee::backend_id, std::uint64_t> count;
   for (std::uint64_t k = 0; k < picks; ++k) {

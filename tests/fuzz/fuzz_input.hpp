@@ -38,7 +38,19 @@ class input {
   std::size_t pos_ = 0;
 };
 
+// LEVEE_FUZZ_TRACE=1 in the environment makes harnesses print every
+// operation (for reproducing a saved input by hand).
+inline bool trace_enabled() {
+  static const bool on = std::getenv("LEVEE_FUZZ_TRACE") != nullptr;
+  return on;
+}
+
 }  // namespace levee_fuzz
+
+#define LEVEE_FUZZ_TRACE(...)                                           \
+  do {                                                                  \
+    if (levee_fuzz::trace_enabled()) std::fprintf(stderr, __VA_ARGS__); \
+  } while (false)
 
 // Checks a property of the code under test; on failure prints the condition
 // and the location, then aborts (libFuzzer saves the crashing input).

@@ -114,7 +114,8 @@ void run(levee_fuzz::input& in) {
   o.retry.max_attempts = 1 + static_cast<std::uint32_t>(in.below(4));
   o.retry.base_backoff = ns(1 + static_cast<std::int64_t>(in.u16()) * 1000);
   // "Maximum" durations mean "no limit" and must saturate, never overflow.
-  o.retry.max_backoff = in.below(8) == 0 ? ns::max() : o.retry.base_backoff * (1 + in.below(64));
+  o.retry.max_backoff =
+      in.below(8) == 0 ? ns::max() : o.retry.base_backoff * static_cast<std::int64_t>(1 + in.below(64));
   o.retry.budget_ratio = static_cast<double>(in.below(3)) * 0.5;
   o.retry.min_retries_per_second = static_cast<std::uint32_t>(in.below(20));
   if (in.below(4) == 0)

@@ -135,6 +135,8 @@ void run(levee_fuzz::input& in) {
   std::int64_t token_seen_at = 0;
 
   auto admitted = [&](std::uint64_t n, time_point at) {
+    LEVEE_FUZZ_TRACE("  admitted %llu at %lld\n", static_cast<unsigned long long>(n),
+                     static_cast<long long>(at.time_since_epoch().count()));
     for (std::uint64_t i = 0; i < n; ++i) seg.log.push_back(at);
     ++version;
     token_held = false;
@@ -195,7 +197,12 @@ void run(levee_fuzz::input& in) {
   for (int ops = 0; ops < 600 && !in.empty(); ++ops) {
     const time_point now = pick_now();
     const std::uint64_t burst = lim.burst();
-    switch (in.below(10)) {
+    const std::size_t op = in.below(10);
+    LEVEE_FUZZ_TRACE("op %zu at now %lld (burst %llu, rate %llu/%lld ns)\n", op,
+                     static_cast<long long>(now.time_since_epoch().count()),
+                     static_cast<unsigned long long>(burst), static_cast<unsigned long long>(seg.r.count()),
+                     static_cast<long long>(seg.r.period().count()));
+    switch (op) {
       case 0:
       case 1:
       case 2: {  // try_acquire(n, now)
@@ -260,6 +267,8 @@ void run(levee_fuzz::input& in) {
         pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
         const bool must = p.version == version;  // nothing happened since: nothing depends on it
         const bool refunded = p.res.cancel();
+        LEVEE_FUZZ_TRACE("  cancel of %llu at %lld: %d\n", static_cast<unsigned long long>(p.n),
+                         static_cast<long long>(p.at.time_since_epoch().count()), refunded);
         LEVEE_FUZZ_CHECK(!must || refunded, "the latest reservation could not be cancelled");
         LEVEE_FUZZ_CHECK(!refunded || p.segment_id == segment_id,
                          "a reservation was refunded across a reconfiguration");

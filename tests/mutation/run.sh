@@ -24,7 +24,7 @@
 # the baseline fails or the mutants file is malformed.
 #
 # Environment: CXX (default: c++), LEVEE_MUTATION_JOBS (parallel mutants,
-# default 2), LEVEE_MUTATION_TIMEOUT (seconds per test run, default 300).
+# default 2), LEVEE_MUTATION_TIMEOUT (seconds per test run, default 60).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exec python3 - "$@" <<'PY'
@@ -39,7 +39,7 @@ ap.add_argument("--keep", action="store_true", help="keep the temp directory (mu
 ap.add_argument("--jobs", type=int, default=int(os.environ.get("LEVEE_MUTATION_JOBS", "2")))
 args = ap.parse_args()
 cxx = os.environ.get("CXX", "c++")
-timeout = int(os.environ.get("LEVEE_MUTATION_TIMEOUT", "300"))
+timeout = int(os.environ.get("LEVEE_MUTATION_TIMEOUT", "60"))
 start = time.time()
 
 def die(msg, code=2):
@@ -127,6 +127,7 @@ def run(cmd, log, cwd=None, limit=None):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             rc = "timeout"
+        out.write(f"= {rc} after {time.time() - t0:.1f} s\n".encode())
     return rc, time.time() - t0
 
 test_main = os.path.join(work, "test_main.o")

@@ -11,7 +11,8 @@
 //    to zero when every lease is gone;
 //  - shares: round_robin and weighted_round_robin give exact shares over
 //    whole periods; random and weighted_random stay within 6 standard
-//    deviations of their expected shares.
+//    deviations of their expected shares; round robin with one backend
+//    excluded still gives every other backend an equal share.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -277,7 +278,12 @@ void run(levee_fuzz::input& in, S strategy, share_kind shares, bool keyed) {
         break;
       }
       case 10: {  // a hashing strategy maps a key to the same backend while nothing changes
+        // Only while every backend is eligible: when probing meets ineligible
+        // backends, maglev and jump_hash fall back to a weighted random scan.
         if (!keyed) break;
+        bool all_eligible = true;
+        for (const auto& [id, m] : model) all_eligible = all_eligible && eligible(id, {});
+        if (!all_eligible) break;
         levee::pick_request r;
         r.key = in.u64();
         std::optional<levee::backend_id> first;
@@ -351,6 +357,28 @@ void run(levee_fuzz::input& in, S strategy, share_kind shares, bool keyed) {
                        static_cast<unsigned long long>(id), m.weight,
                        static_cast<unsigned long long>(total_w), got, static_cast<unsigned long long>(picks),
                        expect, 6 * sd + 2);
+    }
+  }
+  // Round robin with one backend excluded: its turn is consumed, so every
+  // other backend still gets exactly one pick per cycle (+-1 at the ends).
+  if (shares == share_kind::exact_equal && model.size() >= 2) {
+    const levee::backend_id skipped = model.begin()->first;
+    const std::vector<levee::backend_id> ex{skipped};
+    levee::pick_request r;
+    r.exclude = ex;
+    std::map<levee::backend_id, std::uint64_t> n;
+    for (std::uint64_t k = 0; k < rounds * (model.size() - 1); ++k) {
+      auto l = bal.try_pick(r);
+      LEVEE_FUZZ_CHECK(l.has_value() && l->id() != skipped, "round robin picked an excluded backend or none");
+      ++n[l->id()];
+    }
+    for (const auto& [id, m] : model) {
+      if (id == skipped) continue;
+      LEVEE_FUZZ_CHECK(
+          n[id] + 1 >= rounds && n[id] <= rounds + 1,
+          "round robin with one backend excluded gave backend %llu %llu picks, expected %llu +- 1",
+          static_cast<unsigned long long>(id), static_cast<unsigned long long>(n[id]),
+          static_cast<unsigned long long>(rounds));
     }
   }
 }

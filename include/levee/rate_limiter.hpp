@@ -337,15 +337,21 @@ class rate_limiter {
       const std::uint64_t parity = cur & 1U;
       const std::uint64_t ahead = ahead_at(cur - parity, nt, e);
       if (ahead + cost > horizon) return r;  // refused
-      const std::uint64_t next = nt + ahead + cost + parity;
+      // The admission time ready_at() is a whole clock tick. The schedule
+      // continues from that rounded time, not from the exact one: otherwise
+      // two reservations' ready_at() could be floor(T) apart when T is not a
+      // whole number of ticks, one more permit in that window than the
+      // envelope allows. (Each wait is at most one tick longer.)
+      std::uint64_t late = ahead + cost > c.tau ? ahead + cost - c.tau : 0;
+      if (late != 0) late = (late + tick_units() - 1) / tick_units() * tick_units();
+      const std::uint64_t next = late != 0 ? nt + c.tau + late + parity : nt + ahead + cost + parity;
       note_era(e);
       if (tat_.compare_exchange_strong(cur, next, std::memory_order_acq_rel, std::memory_order_acquire)) {
         r.end_ = next;
-        r.cost_ = cost;
+        r.cost_ = next - parity - nt - ahead;  // a refund restores max(TAT, now) exactly
         r.epoch_ = c.epoch;
         r.ok_ = true;
-        if (ahead + cost > c.tau)
-          r.ready_ = detail::saturating_add(now, ticks_to_duration(ahead + cost - c.tau));
+        if (late != 0) r.ready_ = detail::saturating_add(now, ticks_to_duration(late));
         return r;
       }
     }
@@ -576,6 +582,12 @@ class rate_limiter {
     // Saturating for clocks coarser than ns (a no-op for ns clocks): an
     // extreme time point must not overflow the conversion.
     const auto ns = detail::saturating_ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    return static_cast<std::uint64_t>(ns) << shift_;
+  }
+  // One tick of the clock's duration in units (at least one ns).
+  [[nodiscard]] std::uint64_t tick_units() const noexcept {
+    const auto ns =
+        std::max<std::int64_t>(1, std::chrono::ceil<std::chrono::nanoseconds>(duration(1)).count());
     return static_cast<std::uint64_t>(ns) << shift_;
   }
   [[nodiscard]] duration ticks_to_duration(std::uint64_t ticks) const noexcept {

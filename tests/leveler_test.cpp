@@ -983,6 +983,7 @@ TEST_CASE(
     levee::mpmc_queue<counted> q(64);
     for (int i = 0; i < 20; ++i) REQUIRE(q.try_emplace(i));
     levee::detail::leveler_batch<counted, 8> b;
+    b.enable();
     auto pop = [&](auto out, std::size_t max) noexcept { return q.try_pop_bulk(out, max); };
     CHECK(b.refillable());
     CHECK(b.refill(pop) == 8);
@@ -1016,6 +1017,7 @@ TEST_CASE(
   constexpr int n = LEVEE_TEST_SANITIZED ? 20000 : 200000;
   levee::mpmc_queue<int> q(256);
   levee::detail::leveler_batch<int, 32> b;
+  b.enable();
   std::vector<std::atomic<int>> seen(n);
   std::atomic<int> delivered{0};
   std::atomic<bool> done{false};

@@ -34,6 +34,7 @@
 #include <levee/clock.hpp>
 #include <levee/concurrency_limiter.hpp>
 #include <levee/detail/leveler_support.hpp>
+#include <levee/detail/time.hpp>
 #include <levee/detail/tsc_clock.hpp>
 #include <levee/metrics.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -230,9 +231,12 @@ struct leveler_backend {
   }
 };
 
+// The most worker threads a leveler accepts (options.workers).
+inline constexpr std::size_t leveler_max_workers = 1024;
+
 inline std::size_t leveler_default_workers() noexcept {
   const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : n;
+  return n == 0 ? 1 : std::min<std::size_t>(n, leveler_max_workers);
 }
 
 }  // namespace detail
@@ -255,22 +259,38 @@ concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable
 // batches of up to 32 and idle workers take from other workers' batches
 // (see take_batch); queue_depth counts batched jobs as queued.
 //
+// Job requirements: nothrow move constructible (jobs move through a
+// lock-free queue and batches that cannot undo a half-done move) and
+// destructible. Nothing else: jobs need not be copyable, assignable or
+// default constructible (a struct holding a reference is fine).
+//
 // Thread safety: every member function may be called from any thread
 // concurrently, except step()/run_until() (one driving thread at a time) and
-// the destructor. Handlers may call try_submit/submit on their own leveler
-// (see submit() for what happens when the queue is full), metrics(), close()
-// and stop(); drain() from a handler throws std::logic_error.
+// the destructor. Inside the leveler - on a thread running one of its
+// handlers or its dead-letter sink - the same rules hold for both: submit
+// never waits (a full queue returns `full`; from the sink, drop_oldest does
+// not evict either), drain() throws std::logic_error, and stop() cancels
+// without waiting for the workers; metrics() and close() work as anywhere.
 //
 // Lifecycle, three different operations:
 //  - close(): stop accepting; queued jobs and retries still run.
 //  - drain(): wait until every accepted job reached its final state (retries
 //    included). It does not close: jobs accepted meanwhile are waited for too.
 //  - stop(): close, hand every job not yet started (queued, batched by a
-//    worker, waiting for a gate, or waiting for a retry) to the dead-letter sink as `cancelled`,
-//    wait for running handlers, join the workers.
-// Destructor: with workers, close() + drain() + stop() (if no backend is
-// registered nothing could ever run, so it is just stop()); in simulation
-// mode, stop().
+//    worker, waiting for a gate, or waiting for a retry) to the dead-letter
+//    sink as `cancelled`, wait for running handlers, join the workers.
+//    stop_for/stop_until bound the wait for running handlers.
+//
+// Shutdown (the destructor) always returns, provided every running handler
+// does. With workers it calls close(), then waits while accepted jobs can
+// still make progress (queued, held at a gate, waiting for a rate token or a
+// retry timer), then stop(). Jobs that can never run - no backend, or every
+// backend out of rotation by set_healthy(false) (beyond panic), with no
+// handler running - go to the dead-letter sink as `cancelled` instead of
+// being waited for. A slow rate is progress:
+// the destructor waits for it; call stop() or stop_for() first to cancel
+// instead. In simulation mode (workers == 0) the destructor is stop(): it
+// runs nothing more and cancels every job not yet run.
 // ---------------------------------------------------------------------------
 template <class Job, strategy Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
 class leveler {
@@ -293,8 +313,10 @@ class leveler {
   // maglev, rendezvous, jump_hash) and an absolute deadline on the
   // leveler's clock (the job is never dispatched after it).
   struct job_options {
-    std::optional<std::uint64_t> key;
-    std::optional<time_point> deadline;
+    // (Default member initializers: designated initializers may name any
+    // subset, {.key = k} or {.deadline = d}, without -Wmissing-field-initializers.)
+    std::optional<std::uint64_t> key{};
+    std::optional<time_point> deadline{};
   };
 
   struct options {
@@ -306,15 +328,20 @@ class leveler {
     std::size_t max_concurrency = 0;  // fixed concurrency gate; 0 = none
     std::optional<typename levee::adaptive_limit<>::options>
         adaptive;  // adaptive gate (exclusive with max_concurrency)
-    std::size_t workers = detail::leveler_default_workers();  // 0 = simulation mode
+    // 0 = simulation mode; at most 1024 (default: the hardware threads, capped there).
+    std::size_t workers = detail::leveler_default_workers();
     levee::retry_policy retry;
-    std::optional<duration> default_deadline;  // relative to submission, for jobs without a deadline
-    dead_letter_sink dead_letter;              // empty: dead-lettered jobs are destroyed (still counted)
-    levee::health_options health;              // outlier ejection of backends
-    std::uint64_t seed = 0x6c65766565ULL;      // backoff jitter (and strategy RNG where it has one)
+    // Relative to submission, for jobs without a deadline; one too large for
+    // the clock (nanoseconds::max()) means no deadline.
+    std::optional<duration> default_deadline;
+    dead_letter_sink dead_letter;          // empty: dead-lettered jobs are destroyed (still counted)
+    levee::health_options health;          // outlier ejection of backends
+    std::uint64_t seed = 0x6c65766565ULL;  // backoff jitter (and strategy RNG where it has one)
   };
 
-  // Throws std::invalid_argument for a bad option (capacity 0, negative or
+  // Throws std::invalid_argument naming the option for a bad one (capacity 0
+  // or beyond the queue's limit, workers > 1024, a rate or burst the rate
+  // gate cannot represent, negative or
   // inverted backoffs, max_attempts 0, budget_ratio < 0 or NaN, non-positive
   // default_deadline, both max_concurrency and adaptive set).
   explicit leveler(options o, Clock c = Clock{}, Strategy s = Strategy{})
@@ -329,15 +356,7 @@ class leveler {
         quiet_(c),
         start_ns_(to_ns(c.now())),
         sim_ctx_(opts_.seed) {
-    if (opts_.rate) {
-      if (opts_.burst != 0) {
-        limiter_.emplace(*opts_.rate, opts_.burst, c);
-      } else {
-        const std::uint64_t b = auto_burst(*opts_.rate);
-        limiter_.emplace(*opts_.rate, b - jitter_reserve(*opts_.rate), c);
-        auto_burst_.store(b, std::memory_order_relaxed);
-      }
-    }
+    if (opts_.rate) make_limiter(*opts_.rate, c);
     if (opts_.adaptive) {
       adaptive_.emplace(*opts_.adaptive);
       concurrency_.emplace(adaptive_->limit());
@@ -347,18 +366,22 @@ class leveler {
     shards_ = std::make_unique<stats_shard[]>(opts_.workers + 1);
     for (std::size_t i = 0; i <= opts_.workers; ++i) shards_[i].index = i;
     sim_ctx_.shard = &shards_[0];
+    // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
+    batching_ =
+        opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
     threads_.reserve(opts_.workers);
     ctxs_.reserve(opts_.workers);
     for (std::size_t i = 0; i < opts_.workers; ++i) {
       ctxs_.push_back(std::make_unique<worker_ctx>(opts_.seed + 1 + i));
       ctxs_.back()->shard = &shards_[i + 1];
+      if (batching_) ctxs_.back()->batch.enable();
       shards_[i + 1].exclusive = true;
     }
-    // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
-    batching_ =
-        opts_.workers != 0 && !limiter_ && !concurrency_ && opts_.overflow != overflow_policy::drop_oldest;
     try {
-      for (std::size_t i = 0; i < opts_.workers; ++i) threads_.emplace_back([this, i] { worker_main(i); });
+      for (std::size_t i = 0; i < opts_.workers; ++i) {
+        threads_.emplace_back([this, i] { worker_main(i); });
+        ++launched_;
+      }
     } catch (...) {
       stop();
       throw;
@@ -375,11 +398,11 @@ class leveler {
   leveler(const leveler&) = delete;
   leveler& operator=(const leveler&) = delete;
 
+  // See "Shutdown" in the class comment: close(), finish what can still run,
+  // cancel the rest, stop(). Always returns (unless a handler never does).
   ~leveler() {
-    if (opts_.workers != 0 && backend_count() != 0 && !stopping_.load(std::memory_order_acquire)) {
-      close();
-      drain();
-    }
+    close();
+    if (opts_.workers != 0) settle();
     stop();
   }
 
@@ -468,12 +491,15 @@ class leveler {
   // Applies options.overflow when the queue is full:
   //  - block: waits for room without a time limit (until close()/stop(),
   //    which return `closed`; or until the job's own deadline passes, which
-  //    returns would_miss_deadline). Called from a handler of this leveler
-  //    it never waits (that could deadlock every worker): it returns `full`
-  //    at once with the job handed back.
+  //    returns would_miss_deadline). It never waits, returning `full` at once
+  //    with the job handed back, when called from inside the leveler (a
+  //    handler or the sink: waiting could park every worker) and in
+  //    simulation mode (only the driving thread frees room, by stepping).
   //  - reject: as try_submit.
   //  - drop_oldest: evicts the oldest queued job(s) to the dead-letter sink
   //    with reason `dropped` (in the calling thread) until this one fits.
+  //    From the sink it does not evict (a sink re-submitting what it was
+  //    handed could evict forever): a full queue returns `full`.
   // Blocking: parks on a condition variable (no CPU) while waiting for room;
   // woken by every dequeue, close() and stop().
   // Memory ordering: as try_submit.
@@ -492,10 +518,11 @@ class leveler {
 
   // As submit(), but a `block` wait gives up with `timeout` after `timeout`
   // (resp. at `until`, a time on the leveler's clock; not the job's deadline).
+  // A timeout too large for the clock (hours::max()) means no time limit.
   template <class Rep, class Per>
   [[nodiscard]] submit_result<Job> submit_for(Job job, std::chrono::duration<Rep, Per> timeout,
                                               const job_options& jo = {}) {
-    return submit_until(std::move(job), clock_.now() + std::chrono::duration_cast<duration>(timeout), jo);
+    return submit_until(std::move(job), detail::deadline_after<Clock>(clock_.now(), timeout), jo);
   }
   [[nodiscard]] submit_result<Job> submit_until(Job job, time_point until, const job_options& jo = {}) {
     return submit_impl(std::move(job), jo, opts_.overflow, until);
@@ -528,15 +555,17 @@ class leveler {
   // call) happens-before drain() returns.
   void drain() { (void)drain_until(time_point::max()); }
 
-  // As drain(), giving up at `until` / after `timeout`; true if drained.
+  // As drain(), giving up at `until` / after `timeout`; true if drained. A
+  // timeout too large for the clock (hours::max()) means no time limit.
   template <class Rep, class Per>
   [[nodiscard]] bool drain_for(std::chrono::duration<Rep, Per> timeout) {
-    return drain_until(clock_.now() + std::chrono::duration_cast<duration>(timeout));
+    return drain_until(detail::deadline_after<Clock>(clock_.now(), timeout));
   }
   [[nodiscard]] bool drain_until(time_point until) {
-    if (in_handler())
+    if (inside())
       throw std::logic_error(
-          "levee::leveler::drain: called from a handler of the same leveler (would wait for itself)");
+          "levee::leveler::drain: called from a handler or the dead-letter sink of the same leveler (would "
+          "wait for itself)");
     if (opts_.workers == 0) return simulate_until(until, true);
     for (;;) {
       if (outstanding() == 0) return true;
@@ -557,32 +586,64 @@ class leveler {
   // `cancelled` (in the calling thread, and in workers for the job each one
   // holds), waits for running handlers to return and joins the workers. A job
   // whose running attempt fails after stop() began is dead-lettered as
-  // `cancelled` with that error instead of being retried. Idempotent.
-  // Blocking: until every running handler returned. Called from a handler,
-  // it does everything except waiting for that handler's own worker (which
-  // the destructor joins).
-  // Memory ordering: every worker's last action happens-before stop()
-  // returns (when not called from a handler).
-  void stop() {
-    std::lock_guard stop_lock(stop_mutex_);
+  // `cancelled` with that error instead of being retried. Idempotent; any
+  // number of threads may call it at once, and each returns only after every
+  // worker has exited.
+  // Called from inside the leveler (a handler or the dead-letter sink), it
+  // closes and cancels but does not wait: its own worker cannot exit before
+  // it returns. The workers then finish their running handlers and exit; the
+  // next stop() from outside (or the destructor) waits for them and joins.
+  // Blocking: until every running handler returned (never holds a lock while
+  // waiting). Memory ordering: every worker's last action happens-before
+  // stop() returns (when not called from inside the leveler).
+  void stop() { (void)stop_until(time_point::max()); }
+
+  // As stop(), but waits for running handlers only until `until` / for
+  // `timeout` (on the leveler's clock); true if every worker has exited (and
+  // was joined), false otherwise (the jobs not started are cancelled either
+  // way; a later stop() or the destructor waits for the rest). From inside
+  // the leveler it never waits and returns true only in simulation mode.
+  template <class Rep, class Per>
+  [[nodiscard]] bool stop_for(std::chrono::duration<Rep, Per> timeout) {
+    return stop_until(detail::deadline_after<Clock>(clock_.now(), timeout));
+  }
+  [[nodiscard]] bool stop_until(time_point until) {
     closed_.store(true, std::memory_order_seq_cst);
     stopping_.store(true, std::memory_order_seq_cst);
     queue_.close();
     space_.notify_always();
     work_.notify_always();
-    const bool from_handler = in_handler();
     // Jobs not yet started are cancelled before waiting for running handlers
     // (workers may pop concurrently: each job is taken by exactly one
     // thread); the second sweep catches what workers left behind.
     cancel_everything_queued();
-    for (auto& t : threads_) {
-      if (!t.joinable()) continue;
-      if (from_handler && t.get_id() == std::this_thread::get_id()) continue;
-      t.join();
-    }
-    cancel_everything_queued();
     stopped_.store(true, std::memory_order_release);
+    if (inside()) return opts_.workers == 0;
+    for (;;) {
+      if (exited_.load(std::memory_order_acquire) == launched_) break;
+      const auto ticket = quiet_.prepare();
+      if (exited_.load(std::memory_order_acquire) == launched_) {
+        quiet_.cancel();
+        break;
+      }
+      if (until != time_point::max() && clock_.now() >= until) {
+        quiet_.cancel();
+        return false;
+      }
+      quiet_.wait_until(ticket, until);
+    }
+    // Every worker has run its last action; joining only reclaims the threads
+    // (one caller takes them: no lock is held while joining).
+    std::vector<std::thread> exited;
+    {
+      std::lock_guard lock(stop_mutex_);
+      exited.swap(threads_);
+    }
+    for (auto& t : exited)
+      if (t.joinable()) t.join();
+    cancel_everything_queued();
     quiet_.notify_always();
+    return true;
   }
 
   // ----------------------------------------------------- simulation mode --
@@ -697,6 +758,9 @@ class leveler {
   // A job and its bookkeeping, as it travels through the queue. Kept small:
   // with a pointer-sized Job an envelope and the queue's stamp share one
   // cache line, so a submit and a dispatch touch one line of the ring.
+  // Move-assignable even when Job is not (the retry heap and optionals assign
+  // envelopes): the assignment destroys the job and move-constructs the new
+  // one in place, which cannot throw (Job is nothrow move constructible).
   struct envelope {
     Job job;
     std::uint64_t key = 0;
@@ -706,8 +770,33 @@ class leveler {
     bool has_key = false;
     std::unique_ptr<failure_state, failure_deleter> failure;
 
+    envelope(Job&& j, std::uint64_t k, time_point dl, time_point rd, bool hk) noexcept
+        : job(std::move(j)), key(k), deadline(dl), ready(rd), has_key(hk) {}
+    envelope(envelope&&) noexcept = default;
+    envelope& operator=(envelope&& o) noexcept {
+      if (this == &o) return *this;
+      if constexpr (std::is_nothrow_move_assignable_v<Job>) {
+        job = std::move(o.job);
+      } else {
+        std::destroy_at(std::addressof(job));
+        std::construct_at(std::addressof(job), std::move(o.job));
+      }
+      key = o.key;
+      deadline = o.deadline;
+      ready = o.ready;
+      attempts = o.attempts;
+      has_key = o.has_key;
+      failure = std::move(o.failure);
+      return *this;
+    }
+    ~envelope() = default;
+
     [[nodiscard]] std::exception_ptr last_error() const { return failure ? failure->last_error : nullptr; }
   };
+
+  // The ingress queue's limit, and what fits in memory with room to spare.
+  static constexpr std::size_t max_capacity = std::min<std::size_t>(
+      std::size_t{1} << 40, static_cast<std::size_t>(PTRDIFF_MAX) / (2 * sizeof(envelope) + 64));
 
   // See take_batch.
   static constexpr std::size_t batch_max = 32;
@@ -787,6 +876,13 @@ class leveler {
   // ------------------------------------------------------- validation --
   static options validate(options o) {
     if (o.capacity == 0) throw std::invalid_argument("levee::leveler: options.capacity must be > 0, got 0");
+    if (o.capacity > max_capacity)
+      throw std::invalid_argument("levee::leveler: options.capacity must be <= " +
+                                  std::to_string(max_capacity) + ", got " + std::to_string(o.capacity));
+    if (o.workers > detail::leveler_max_workers)
+      throw std::invalid_argument(
+          "levee::leveler: options.workers must be <= " + std::to_string(detail::leveler_max_workers) +
+          ", got " + std::to_string(o.workers));
     if (o.retry.max_attempts == 0)
       throw std::invalid_argument("levee::leveler: options.retry.max_attempts must be >= 1, got 0");
     if (o.retry.base_backoff.count() < 0)
@@ -831,6 +927,27 @@ class leveler {
                                    static_cast<std::uint64_t>(std::floor(r.per_second_value() / 10'000.0)));
   }
 
+  // The rate gate; a rate or burst the limiter refuses is reported as the
+  // option that caused it.
+  void make_limiter(const levee::rate& r, const Clock& c) {
+    const std::uint64_t b = opts_.burst != 0 ? opts_.burst : auto_burst(r) - jitter_reserve(r);
+    try {
+      limiter_.emplace(r, b, c);
+    } catch (const std::invalid_argument& e) {
+      bool rate_ok = true;
+      try {
+        rate_limiter<Clock> probe(r, 1, c);
+      } catch (const std::invalid_argument&) {
+        rate_ok = false;
+      }
+      throw std::invalid_argument(
+          std::string("levee::leveler: options.") +
+          (rate_ok ? "burst (" + std::to_string(opts_.burst) + ")" : std::string("rate")) +
+          " is not usable: " + e.what());
+    }
+    if (opts_.burst == 0) auto_burst_.store(auto_burst(r), std::memory_order_relaxed);
+  }
+
   void require_simulation(const char* fn) const {
     if (opts_.workers != 0)
       throw std::logic_error(
@@ -846,7 +963,7 @@ class leveler {
 
   // ------------------------------------------------------------ time --
   static std::int64_t to_ns(time_point t) noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    return detail::saturating_ceil<std::chrono::nanoseconds>(t.time_since_epoch()).count();
   }
   static time_point from_ns(std::int64_t ns) noexcept {
     return time_point(std::chrono::duration_cast<duration>(std::chrono::nanoseconds{ns}));
@@ -866,9 +983,28 @@ class leveler {
     }
   }
 
-  // Marks the threads currently running a handler of this leveler.
-  static inline thread_local const leveler* current_ = nullptr;
-  [[nodiscard]] bool in_handler() const noexcept { return current_ == this; }
+  // "Called from inside the leveler": set on a thread while it runs a handler
+  // or the dead-letter sink of this leveler (one marker for both, so both
+  // follow the same rules: a blocking submit never waits, drain() throws,
+  // stop() does not wait for workers). `sink` is true while the sink runs: a
+  // drop_oldest submit from the sink never evicts (it could evict forever).
+  struct inside_marker {
+    const leveler* owner = nullptr;
+    bool sink = false;
+  };
+  static inline thread_local inside_marker inside_{};
+  class inside_scope {
+   public:
+    inside_scope(const leveler* owner, bool sink) noexcept : prev_(inside_) { inside_ = {owner, sink}; }
+    ~inside_scope() { inside_ = prev_; }
+    inside_scope(const inside_scope&) = delete;
+    inside_scope& operator=(const inside_scope&) = delete;
+
+   private:
+    inside_marker prev_;
+  };
+  [[nodiscard]] bool inside() const noexcept { return inside_.owner == this; }
+  [[nodiscard]] bool inside_sink() const noexcept { return inside_.owner == this && inside_.sink; }
 
   // ---------------------------------------------------------- submit --
   // Every accepted job is pushed into the ingress queue exactly once (retries
@@ -920,15 +1056,23 @@ class leveler {
     const std::uint64_t running = in_flight_total();
     const std::uint64_t ahead = out > running ? out - running : 0;
     const std::uint64_t k = ahead + 1;
-    const std::uint64_t b = std::max<std::uint64_t>(limiter_->burst(), 1);
-    time_point at;
-    if (k <= b) {
-      at = limiter_->available_at(k, now);
-    } else {
-      const auto T = std::chrono::duration_cast<duration>(limiter_->get_rate().emission_interval());
-      at = limiter_->available_at(b, now) + T * static_cast<typename duration::rep>(k - b);
+    // set_burst() may lower the burst between reading it and asking for the
+    // k-th token (available_at(n) refuses n > burst): read again and retry.
+    for (;;) {
+      const std::uint64_t b = std::max<std::uint64_t>(limiter_->burst(), 1);
+      time_point at;
+      try {
+        at = limiter_->available_at(std::min(k, b), now);
+      } catch (const std::invalid_argument&) {
+        continue;
+      }
+      if (k > b) {
+        // Saturates: a far-away prediction must refuse the job, never wrap around.
+        const auto T = detail::saturating_ceil<duration>(limiter_->get_rate().emission_interval());
+        at = detail::saturating_add(at, detail::saturating_mul(T, static_cast<double>(k - b)));
+      }
+      return std::max(at, now) <= deadline;
     }
-    return std::max(at, now) <= deadline;
   }
 
   // High-water mark of outstanding(): exact in simulation mode; with worker
@@ -951,6 +1095,21 @@ class leveler {
     if (!s.exclusive) quiet_.notify();
   }
 
+  // A job evicted by drop_oldest reaches the sink only once the job that
+  // evicted it is in (or refused): a sink that re-submits what it is handed
+  // then finds the queue full instead of taking the slot freed for that job.
+  struct evicted_job {
+    leveler* self;
+    std::optional<envelope> env;
+    void flush() noexcept {
+      if (!env) return;
+      std::optional<envelope> e;
+      e.swap(env);
+      self->dead_letter(self->door_shard(), std::move(*e), dead_letter_reason::dropped);
+    }
+    ~evicted_job() { flush(); }
+  };
+
   submit_result<Job> submit_impl(Job&& job, const job_options& jo, overflow_policy policy, time_point until) {
     // Without a deadline, `now` only stamps the job (dwell) and counts the arrival.
     const time_point now = jo.deadline || opts_.default_deadline ? clock_.now() : measure_now();
@@ -960,15 +1119,16 @@ class leveler {
     if (jo.deadline) {
       deadline = *jo.deadline;
     } else if (opts_.default_deadline) {
-      deadline = now + *opts_.default_deadline;
+      deadline = detail::saturating_add(now, *opts_.default_deadline);
     }
     if (deadline != time_point::max()) {
       if (opts_.deadline_admission ? !admissible(deadline, now) : deadline < now)
         return reject(std::move(job), submit_status::would_miss_deadline);
     }
-    envelope env{std::move(job), jo.key.value_or(0), deadline, now, 0, jo.key.has_value(), nullptr};
+    envelope env(std::move(job), jo.key.value_or(0), deadline, now, jo.key.has_value());
     // The acceptance is counted by the push itself (see accepted_total).
     auto refuse = [&](submit_status st) { return reject(std::move(env.job), st); };
+    evicted_job evicted{this, std::nullopt};
     int spins = 0;
     for (;;) {
       if (push(env)) {
@@ -978,12 +1138,13 @@ class leveler {
       }
       if (queue_.is_closed() || closed_.load(std::memory_order_seq_cst)) return refuse(submit_status::closed);
       if (policy == overflow_policy::reject) return refuse(submit_status::full);
-      if (policy == overflow_policy::drop_oldest) {
-        if (auto old = pop_queue()) dead_letter(door_shard(), std::move(*old), dead_letter_reason::dropped);
+      if (policy == overflow_policy::drop_oldest && !inside_sink()) {
+        evicted.flush();  // a racing producer took the slot freed last time
+        evicted.env = pop_queue();
         continue;
       }
-      // block
-      if (in_handler()) return refuse(submit_status::full);
+      // block (or drop_oldest from the sink)
+      if (inside() || opts_.workers == 0) return refuse(submit_status::full);
       const time_point limit = std::min(until, deadline);
       // A full queue usually frees a slot within a dequeue or two: yield a
       // few times before parking (parking per slot would cost a context
@@ -1097,6 +1258,7 @@ class leveler {
         break;
     }
     if (opts_.dead_letter) {
+      inside_scope mark(this, true);
       try {
         opts_.dead_letter(std::move(env.job), reason, env.last_error());
       } catch (...) {
@@ -1108,11 +1270,13 @@ class leveler {
 
   void cancel_everything_queued() {
     auto& s = door_shard();
-    sim_ctx_.kept.reset();
-    if (sim_ctx_.held) {
-      dead_letter(s, std::move(*sim_ctx_.held), dead_letter_reason::cancelled);
-      sim_ctx_.held.reset();
+    // Taken out before the sink runs: a sink may call stop() again.
+    std::optional<envelope> held;
+    if (opts_.workers == 0) {
+      sim_ctx_.kept.reset();
+      held.swap(sim_ctx_.held);
     }
+    if (held) dead_letter(s, std::move(*held), dead_letter_reason::cancelled);
     // The queue is closed: no new position can be claimed, but a push that
     // claimed one before close() may still be publishing (try_pop reports
     // empty until it does), so loop on the claimed count, not on try_pop.
@@ -1239,14 +1403,12 @@ class leveler {
 
     handler_result result = handler_result::success();
     {
-      const leveler* outer = current_;
-      current_ = this;
+      inside_scope mark(this, false);
       try {
         result = backend->handler->invoke(env.job);
       } catch (...) {
         result = handler_result::failure(std::current_exception());
       }
-      current_ = outer;
     }
     // `end` is also the next decision's "now": a real reading when a rate
     // gate or this job's deadline (retry scheduling) depends on it.
@@ -1314,7 +1476,7 @@ class leveler {
     }
     const auto delay =
         detail::leveler_backoff(opts_.retry.base_backoff, opts_.retry.max_backoff, env.attempts, c.rng);
-    const time_point ready = now + std::chrono::duration_cast<duration>(delay);
+    const time_point ready = detail::saturating_add(now, delay);
     if (ready > env.deadline) {
       dead_letter(s, std::move(env), dead_letter_reason::failed);
       return;
@@ -1386,8 +1548,10 @@ class leveler {
       }
       // Backends also become eligible with time (ejection expiry), which
       // nobody notifies: re-check a held job at least every capacity_poll.
-      if (r.kind == progress::wait_capacity)
-        r.until = now + std::chrono::duration_cast<duration>(capacity_poll);
+      if (r.kind == progress::wait_capacity) {
+        r.until = detail::saturating_add(now, capacity_poll);
+        quiet_.notify();  // the destructor checks whether anything can still run (see settle)
+      }
       work_.wait_until(ticket, r.until);
       now = clock_.now();
     }
@@ -1397,10 +1561,46 @@ class leveler {
       c.held.reset();
     }
     while (auto e = c.batch.take(true)) dead_letter(s, std::move(*e), dead_letter_reason::cancelled);
+    // The worker's last action (stop() waits for the count, then joins).
+    exited_.fetch_add(1, std::memory_order_acq_rel);
+    quiet_.notify_always();
   }
   static constexpr int max_idle_spins = 16;
   static constexpr int max_submit_spins = 64;
   static constexpr std::chrono::milliseconds capacity_poll{20};
+
+  // The destructor's drain: waits while accepted jobs can still make
+  // progress, and returns when none is outstanding or nothing can ever run
+  // them (see stuck). Woken by workers going idle or parking at a gate.
+  void settle() {
+    for (;;) {
+      if (outstanding() == 0 || stopping_.load(std::memory_order_acquire)) return;
+      const auto ticket = quiet_.prepare();
+      if (outstanding() == 0 || stopping_.load(std::memory_order_acquire) || stuck()) {
+        quiet_.cancel();
+        return;
+      }
+      quiet_.wait_until(ticket, time_point::max());
+    }
+  }
+  // True if no queued, held or retrying job can ever be dispatched without a
+  // call from outside: no handler is running and no worker holds a backend,
+  // no backend is only temporarily ejected, and there is no backend or none
+  // can be picked (every one marked unhealthy with set_healthy(false),
+  // beyond panic).
+  [[nodiscard]] bool stuck() {
+    if (in_flight_total() != 0) return false;
+    {
+      std::lock_guard lock(backends_mutex_);
+      if (backends_.empty()) return true;
+      for (const auto& st : balancer_.stats())
+        if (st.in_flight != 0 || st.ejected) return false;
+    }
+    levee::rng random(opts_.seed);
+    pick_request req;
+    req.random = &random;
+    return !balancer_.try_pick(req).has_value();
+  }
 
   // -------------------------------------------------------- simulation --
 
@@ -1475,7 +1675,9 @@ class leveler {
   std::atomic<bool> closed_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> stopped_{false};
-  std::mutex stop_mutex_;
+  std::size_t launched_ = 0;            // worker threads started (set by the constructor only)
+  std::atomic<std::size_t> exited_{0};  // workers that returned from worker_main
+  std::mutex stop_mutex_;               // guards threads_ while stop() takes them to join
 
   detail::leveler_event<Clock> work_;   // workers: job, retry, capacity, backend, rate change, stop
   detail::leveler_event<Clock> space_;  // blocked submitters: a slot was freed, close, stop

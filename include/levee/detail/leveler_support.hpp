@@ -14,6 +14,7 @@
 #include <levee/detail/cache.hpp>
 #include <levee/detail/wait.hpp>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -45,6 +46,9 @@ class leveler_batch {
 
  public:
   leveler_batch() = default;
+  // The slots live on the heap, allocated only for a batch that is used: a
+  // leveler of large jobs must not embed N of them.
+  void enable() { slots_ = std::make_unique<std::optional<T>[]>(N); }
   leveler_batch(const leveler_batch&) = delete;
   leveler_batch& operator=(const leveler_batch&) = delete;
 
@@ -56,7 +60,7 @@ class leveler_batch {
            owner_done_ + stolen_done_.load(std::memory_order_acquire) == e;
   }
 
-  // Owner only, when refillable(): pop(out, max) moves up to `max` <= N
+  // Owner only, when refillable() and enabled: pop(out, max) moves up to `max` <= N
   // elements into *out++ (an output iterator over T&&) and returns how many.
   // Returns the number added.
   template <class Pop>
@@ -112,7 +116,7 @@ class leveler_batch {
   std::atomic<std::uint64_t> end_{0};
   std::uint64_t owner_done_ = 0;
   alignas(false_sharing_range) std::atomic<std::uint64_t> stolen_done_{0};
-  std::array<std::optional<T>, N> slots_;
+  std::unique_ptr<std::optional<T>[]> slots_;
 };
 
 // A "something changed, look again" event with a timed wait on the owner's

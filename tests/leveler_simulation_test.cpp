@@ -240,7 +240,7 @@ deadline_run run_deadlines(bool admission) {
   for (tp t : scenario(500, 10'000, 1s, 2s, 20s)) {
     lev.run_until(t);
     const tp deadline = t + 3s;  // the spike's backlog takes up to ~18 s: many would miss
-    if (lev.try_submit(job{id, t, deadline}, deadline)) ++res.accepted;
+    if (lev.try_submit(job{id, t, deadline}, {.deadline = deadline})) ++res.accepted;
     ++id;
     ++res.arrivals;
   }
@@ -343,7 +343,7 @@ TEST_CASE(
       std::optional<tp> deadline;
       if (me % 11 == 0) deadline = t0 + 100ms;
       job j{me, t0, deadline};
-      auto r = deadline ? lev.submit(std::move(j), *deadline) : lev.submit(std::move(j));
+      auto r = lev.submit(std::move(j), {.deadline = deadline});
       if (r) {
         led.accepted.insert(me);
       } else {

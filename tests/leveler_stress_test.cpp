@@ -131,7 +131,7 @@ TEST_CASE("8 producers, 4 workers, flaky backends with retries: every accepted j
             r = lev.submit_for(job{id}, 50ms);
             break;  // block with a limit
           default:
-            r = lev.try_submit(job{id}, std::uint64_t{id});
+            r = lev.try_submit(job{id}, {.key = id});
             break;  // never blocks
         }
         if (!r) REQUIRE(r.job->id == id);

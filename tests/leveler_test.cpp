@@ -151,7 +151,7 @@ TEST_CASE("a deadline already past is refused at the door; default_deadline appl
   std::vector<int> ran;
   sim_t lev(
       o, [&](int& j) { ran.push_back(j); }, clk);
-  auto r = lev.try_submit(1, clk.now() - 1ns);
+  auto r = lev.try_submit(1, {.deadline = clk.now() - 1ns});
   CHECK(r.status == levee::submit_status::would_miss_deadline);
   CHECK(*r.job == 1);
   // default deadline 50 ms at 100/s: positions 1..6 fit (t+0, +10, ... +50), the 7th does not
@@ -828,7 +828,7 @@ TEST_CASE("keys give affinity with hashing strategies: the same key always lands
       });
     for (int round = 0; round < 20; ++round)
       for (int key = 0; key < 200; ++key)
-        REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
+        REQUIRE(lev.try_submit(key, {.key = static_cast<std::uint64_t>(key) * 7919u}));
     lev.drain();
     REQUIRE(backends_of_key.size() == 200);
     for (const auto& entry : backends_of_key) {
@@ -1002,12 +1002,11 @@ struct counted {
 };
 }  // namespace
 
-TEST_CASE(
-    "leveler_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
+TEST_CASE("job_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
   {
     levee::mpmc_queue<counted> q(64);
     for (int i = 0; i < 20; ++i) REQUIRE(q.try_emplace(i));
-    levee::detail::leveler_batch<counted, 8> b;
+    levee::detail::job_batch<counted, 8> b;
     b.enable();
     auto pop = [&](auto out, std::size_t max) noexcept { return q.try_pop_bulk(out, max); };
     CHECK(b.refillable());
@@ -1037,11 +1036,11 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "leveler_batch: one owner refilling and three thieves under oversubscription deliver every job exactly "
+    "job_batch: one owner refilling and three thieves under oversubscription deliver every job exactly "
     "once") {
   constexpr int n = LEVEE_TEST_SANITIZED ? 20000 : 200000;
   levee::mpmc_queue<int> q(256);
-  levee::detail::leveler_batch<int, 32> b;
+  levee::detail::job_batch<int, 32> b;
   b.enable();
   std::vector<std::atomic<int>> seen(n);
   std::atomic<int> delivered{0};

@@ -2,7 +2,7 @@
 //
 //   producers --submit(job, {.key, .deadline})--> ingress: bounded queue      leveler/ingress.hpp
 //                                  |               overflow policy, deadline admission
-//                   workers (or step() in simulation)                       leveler/worker.hpp
+//                   workers (or step() in simulation)                       leveler/worker.hpp, batch.hpp
 //                                  |                                        leveler/simulation.hpp
 //          deadline -> rate gate -> concurrency gate                        leveler/gates.hpp
 //                                  |

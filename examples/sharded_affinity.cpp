@@ -72,7 +72,7 @@ int run(std::string_view strategy_name, bool smoke) {
 
   auto send_round = [&] {
     for (std::uint64_t n = 0; n < events_per_account; ++n)
-      for (std::uint64_t a = 0; a < accounts; ++a) (void)lev.submit(account_event{a, n}, /*key=*/a);
+      for (std::uint64_t a = 0; a < accounts; ++a) (void)lev.submit(account_event{a, n}, {.key = a});
     lev.drain();
   };
 

@@ -741,7 +741,7 @@ int run_demo(const config& c, const std::string& strategy_name) {
       for (; next < target; ++next) {
         rec.arrival_ns[next] = now_ns;
         rec.submitted.fetch_add(1, std::memory_order_release);
-        auto r = lev.submit(job{next}, /*key=*/next);  // the key matters to hashing strategies only
+        auto r = lev.submit(job{next}, {.key = next});  // the key matters to hashing strategies only
         if (!r) rec.rejected.fetch_add(1, std::memory_order_release);
       }
       if (next >= p.total_jobs) return;

@@ -62,6 +62,8 @@ struct spike_result {
   std::optional<tp> drained_at;
   std::vector<tp> dispatches;
   levee::metrics_snapshot during_spike;
+  // While the backlog shrinks: 1 s and 3 s after the spike's end.
+  levee::metrics_snapshot draining[2];
   levee::metrics_snapshot end;
   std::uint64_t dead_letters = 0;
 };
@@ -98,6 +100,8 @@ spike_result run_spike(std::uint64_t burst, std::size_t capacity) {
       res.during_spike = lev.metrics();
       sampled = true;
     }
+    for (int k = 0; k < 2; ++k)
+      if (t == at(lead + spike + (k == 0 ? 1s : 3s))) res.draining[k] = lev.metrics();
     auto s = lev.try_submit(job{id++, t, std::nullopt});
     if (s) res.peak = std::max(res.peak, lev.outstanding());
     ++res.arrivals;
@@ -122,18 +126,18 @@ TEST_CASE("spike: nothing lost, peak backlog, envelope, drain time (b = 10)") {
   CHECK(res.dead_letters == 0);
   CHECK(res.dispatches.size() == res.arrivals);
 
-  // peak backlog within 1% of the formula
+  // peak backlog: exactly the formula (the simulation is exact)
   const double formula = (10 * r - r) * 2.0 - static_cast<double>(b) + 1;
   MESSAGE("peak backlog " << res.peak << ", formula (10r - r) S - b + 1 = " << formula);
-  CHECK(static_cast<double>(res.peak) == doctest::Approx(formula).epsilon(0.01));
+  CHECK(res.peak == static_cast<std::uint64_t>(formula));
   CHECK(res.end.outstanding_peak == res.peak);
 
   // every window of dispatch times within b + r w
   const auto rep = levee::check_conformance(res.dispatches, levee::rate::per_second(1000), b);
   CHECK(rep.ok);
   CHECK(rep.violations == 0);
-  // ... and the envelope is tight: some window is exactly full
-  CHECK(rep.max_excess == 0);
+  // ... and the envelope is tight: the same dispatches break b - 1 + r w
+  CHECK_FALSE(levee::check_conformance(res.dispatches, levee::rate::per_second(1000), b - 1).ok);
 
   // drain time within one emission interval of B / (r - base)
   REQUIRE(res.drained_at.has_value());
@@ -150,6 +154,22 @@ TEST_CASE("spike: nothing lost, peak backlog, envelope, drain time (b = 10)") {
   CHECK(res.during_spike.arrival_rate == doctest::Approx(10 * r).epsilon(0.02));
   CHECK(res.during_spike.dispatch_rate == doctest::Approx(r).epsilon(0.02));
   CHECK(res.during_spike.drain_rate == doctest::Approx(r));
+  // metrics while the backlog shrinks: not trailing, and the ETA is the
+  // backlog over (drain rate - arrival rate), which here is the real
+  // remaining drain time (base arrivals continue at 500/s)
+  for (int k = 0; k < 2; ++k) {
+    CAPTURE(k);
+    const auto& m = res.draining[k];
+    const double t_s = k == 0 ? 1.0 : 3.0;
+    CHECK_FALSE(m.trailing_behind);
+    REQUIRE(m.drain_eta.has_value());
+    CHECK(m.arrival_rate == doctest::Approx(base).epsilon(0.02));
+    const double eta_s = std::chrono::duration<double>(*m.drain_eta).count();
+    CHECK(eta_s == doctest::Approx(static_cast<double>(m.queue_depth) / (r - m.arrival_rate)).epsilon(1e-9));
+    CHECK(eta_s == doctest::Approx(measured_s - t_s).epsilon(0.02));
+  }
+  CHECK(*res.draining[1].drain_eta < *res.draining[0].drain_eta);
+
   // worst dwell time ~ B / r (FIFO behind the whole backlog)
   const double max_dwell = std::chrono::duration<double>(res.end.dwell_time.max()).count();
   CHECK(max_dwell == doctest::Approx(formula / r).epsilon(0.01));
@@ -163,8 +183,8 @@ TEST_CASE("spike: the peak-backlog formula holds for several bursts") {
   for (std::uint64_t b : bursts) {
     CAPTURE(b);
     const auto res = run_spike(b, 20'000);
-    const double formula = (10 * 1000.0 - 1000.0) * 2.0 - static_cast<double>(b) + 1;
-    CHECK(static_cast<double>(res.peak) == doctest::Approx(formula).epsilon(0.01));
+    const std::uint64_t formula = (10 * 1000 - 1000) * 2 - b + 1;
+    CHECK(res.peak == formula);
     CHECK(res.end.succeeded == res.arrivals);
     CHECK(levee::check_conformance(res.dispatches, levee::rate::per_second(1000), b).ok);
     REQUIRE(res.drained_at.has_value());
@@ -220,7 +240,7 @@ deadline_run run_deadlines(bool admission) {
   for (tp t : scenario(500, 10'000, 1s, 2s, 20s)) {
     lev.run_until(t);
     const tp deadline = t + 3s;  // the spike's backlog takes up to ~18 s: many would miss
-    if (lev.try_submit(job{id, t, deadline}, deadline)) ++res.accepted;
+    if (lev.try_submit(job{id, t, deadline}, {.deadline = deadline})) ++res.accepted;
     ++id;
     ++res.arrivals;
   }
@@ -323,7 +343,7 @@ TEST_CASE(
       std::optional<tp> deadline;
       if (me % 11 == 0) deadline = t0 + 100ms;
       job j{me, t0, deadline};
-      auto r = deadline ? lev.submit(std::move(j), *deadline) : lev.submit(std::move(j));
+      auto r = lev.submit(std::move(j), {.deadline = deadline});
       if (r) {
         led.accepted.insert(me);
       } else {
@@ -540,4 +560,54 @@ TEST_CASE("simulation API misuse is reported") {
   lev.add_backend([](job&) {});
   CHECK_NOTHROW(lev.drain());
   CHECK(lev.metrics().succeeded == 1);
+}
+
+TEST_CASE("retry backoff grows exponentially with full jitter and stops growing at max_backoff") {
+  // 2000 jobs fail 4 times each; the handler takes no time on the manual
+  // clock, so the gap between two attempts of a job is exactly its backoff.
+  levee::manual_clock clk;
+  lev_t::options o;
+  o.workers = 0;
+  o.capacity = 4096;
+  o.retry.max_attempts = 4;
+  o.retry.base_backoff = 100ms;
+  o.retry.max_backoff = 250ms;
+  o.retry.budget_ratio = 10;
+  o.retry.min_retries_per_second = 1'000'000;
+  constexpr int jobs = 2000;
+  std::vector<std::vector<tp>> attempts(jobs);
+  lev_t lev(
+      o,
+      [&](job& j) {
+        attempts[j.id].push_back(clk.now());
+        return false;
+      },
+      clk);
+  for (int i = 0; i < jobs; ++i)
+    REQUIRE(lev.try_submit(job{static_cast<std::uint64_t>(i), clk.now(), std::nullopt}));
+  lev.drain();
+  // Retry k (1-based) waits uniform in [0, min(250 ms, 100 ms * 2^(k-1))].
+  const double caps_ms[] = {100, 200, 250};  // by retry
+  for (int k = 1; k <= 3; ++k) {
+    CAPTURE(k);
+    double sum = 0, lo = 1e18, hi = 0;
+    int below_half = 0;
+    for (const auto& a : attempts) {
+      REQUIRE(a.size() == 4);
+      const double gap = std::chrono::duration<double, std::milli>(a[static_cast<std::size_t>(k)] -
+                                                                   a[static_cast<std::size_t>(k) - 1])
+                             .count();
+      sum += gap;
+      lo = std::min(lo, gap);
+      hi = std::max(hi, gap);
+      if (gap < caps_ms[k - 1] / 2) ++below_half;
+    }
+    const double cap = caps_ms[k - 1];
+    CHECK(hi <= cap);                                               // the exponential cap (and max_backoff)
+    CHECK(hi >= 0.99 * cap);                                        // ... reached: the ceiling grew to it
+    CHECK(lo <= 0.01 * cap);                                        // full jitter starts at 0
+    CHECK(sum / jobs == doctest::Approx(cap / 2).epsilon(0.05));    // uniform: mean cap / 2
+    CHECK(below_half == doctest::Approx(jobs / 2.0).epsilon(0.1));  // ... and half below it
+  }
+  CHECK(lev.metrics().dead_lettered.failed == static_cast<std::uint64_t>(jobs));
 }

@@ -8,10 +8,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <levee/leveler.hpp>
 #include <memory>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -85,13 +87,16 @@ lev_t::options base_options(ledger& led) {
 }
 
 // Backend i fails a job attempt with probability ~fail_pct% (by throwing on
-// odd backends and returning failure on even ones).
-void add_flaky_backends(lev_t& lev, ledger& led, std::initializer_list<int> fail_pct) {
+// odd backends and returning failure on even ones). `first`, if set, runs at
+// the start of every attempt.
+void add_flaky_backends(lev_t& lev, ledger& led, std::initializer_list<int> fail_pct,
+                        std::function<void(const job&)> first = {}) {
   int i = 0;
   for (int pct : fail_pct) {
     const int me = i++;
-    lev.add_backend([&led, pct, me,
+    lev.add_backend([&led, pct, me, first,
                      n = std::make_shared<std::atomic<std::uint64_t>>(0)](job& j) -> levee::handler_result {
+      if (first) first(j);
       const std::uint64_t k = n->fetch_add(1, std::memory_order_relaxed);
       if (static_cast<int>(mix(j.id * 31u + k) % 100) < pct) {
         if (me % 2 == 1) throw std::runtime_error("flaky backend");
@@ -126,7 +131,7 @@ TEST_CASE("8 producers, 4 workers, flaky backends with retries: every accepted j
             r = lev.submit_for(job{id}, 50ms);
             break;  // block with a limit
           default:
-            r = lev.try_submit(job{id}, std::uint64_t{id});
+            r = lev.try_submit(job{id}, {.key = id});
             break;  // never blocks
         }
         if (!r) REQUIRE(r.job->id == id);
@@ -199,7 +204,15 @@ TEST_CASE("stop() racing producers, running handlers and pending retries: nothin
     o.retry.base_backoff = 1ms;
     o.retry.max_backoff = 5ms;
     auto lev = std::make_unique<lev_t>(o);
-    add_flaky_backends(*lev, led, {40, 40, 5});
+    // In rounds > 0, jobs with i % 100 == 50 hold their worker until stop()
+    // closes the leveler: once all 4 workers hold one, the queue can only
+    // fill up, so stop() is guaranteed to find jobs to cancel.
+    std::atomic<int> holding{0};
+    add_flaky_backends(*lev, led, {40, 40, 5}, [&holding, &lev, round](const job& j) {
+      if (round == 0 || j.id % per_producer % 100 != 50) return;
+      ++holding;
+      while (!lev->is_closed()) std::this_thread::yield();
+    });
     std::atomic<bool> go{false};
     std::vector<std::thread> ps;
     for (std::size_t p = 0; p < producers; ++p)
@@ -212,7 +225,14 @@ TEST_CASE("stop() racing producers, running handlers and pending retries: nothin
         }
       });
     go = true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2 + 3 * round));
+    // Round 0 stops as soon as possible; later rounds once every worker is held and the queue is not empty.
+    if (round != 0) {
+      const auto limit = std::chrono::steady_clock::now() + 30s;
+      while ((holding.load() < 4 || lev->metrics().queue_depth == 0) &&
+             std::chrono::steady_clock::now() < limit)
+        std::this_thread::yield();
+      REQUIRE(holding.load() >= 4);
+    }
     lev->stop();
     for (auto& t : ps) t.join();
     // After stop() returned, every job accepted before it is final; jobs
@@ -223,6 +243,16 @@ TEST_CASE("stop() racing producers, running handlers and pending retries: nothin
     CHECK(m.stopped);
     CHECK(m.succeeded + m.dead_lettered.total() == m.accepted);
     CHECK(m.accepted == led.accepted.load());
+    if (round != 0) {
+      // stop() found queued jobs and cancelled them.
+      CHECK(m.accepted > 0);
+      CHECK(m.dead_lettered.cancelled > 0);
+      if (o.overflow == levee::overflow_policy::block) {
+        CHECK(m.rejected.closed > 0);  // producers still blocked on the full queue
+      } else {
+        CHECK(m.dead_lettered.dropped > 0);
+      }
+    }
     lev.reset();  // destructor after stop(): nothing left to do
   }
 }
@@ -314,11 +344,24 @@ TEST_CASE("metrics() and to_prometheus() while everything runs") {
   lev_t lev(o);
   add_flaky_backends(lev, led, {10, 0});
   std::atomic<bool> done{false};
+  std::atomic<int> snapshots{0};
   std::thread reader([&] {
+    levee::metrics_snapshot prev;
     while (!done.load()) {
       const auto m = lev.metrics();
-      CHECK(m.succeeded <= m.accepted);
-      CHECK(!levee::to_prometheus(m).empty());
+      // The documented snapshot guarantees: never more finished than
+      // accepted, submitted = accepted + rejected, and counters never go back.
+      CHECK(m.succeeded + m.dead_lettered.total() <= m.accepted);
+      CHECK(m.submitted == m.accepted + m.rejected.total());
+      CHECK(m.accepted >= prev.accepted);
+      CHECK(m.succeeded >= prev.succeeded);
+      CHECK(m.started >= prev.started);
+      const std::string text = levee::to_prometheus(m);
+      CHECK(text.find("levee_jobs_succeeded_total " + std::to_string(m.succeeded) + "\n") !=
+            std::string::npos);
+      CHECK(text.find("levee_jobs_accepted_total " + std::to_string(m.accepted) + "\n") != std::string::npos);
+      prev = m;
+      ++snapshots;
     }
   });
   std::vector<std::thread> ps;
@@ -333,6 +376,7 @@ TEST_CASE("metrics() and to_prometheus() while everything runs") {
   lev.drain();
   done = true;
   reader.join();
+  CHECK(snapshots.load() > 0);
   const auto m = lev.metrics();
   CHECK(m.succeeded + m.dead_lettered.total() == m.accepted);
   CHECK(m.dwell_time.count() == m.started);

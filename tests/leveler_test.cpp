@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <future>
 #include <levee/conformance.hpp>
 #include <levee/leveler.hpp>
 #include <levee/mpmc_queue.hpp>
@@ -150,7 +151,7 @@ TEST_CASE("a deadline already past is refused at the door; default_deadline appl
   std::vector<int> ran;
   sim_t lev(
       o, [&](int& j) { ran.push_back(j); }, clk);
-  auto r = lev.try_submit(1, clk.now() - 1ns);
+  auto r = lev.try_submit(1, {.deadline = clk.now() - 1ns});
   CHECK(r.status == levee::submit_status::would_miss_deadline);
   CHECK(*r.job == 1);
   // default deadline 50 ms at 100/s: positions 1..6 fit (t+0, +10, ... +50), the 7th does not
@@ -712,24 +713,40 @@ TEST_CASE("arrival rate: submissions (accepted or not) per second over the last 
 }
 
 TEST_CASE("measurement clock: cheap steady_clock readings stay within the anchor bound of the real clock") {
-  // Spins (no sleep) for 60 ms of real time so that the counter's ratio gets
-  // calibrated (>= 20 ms) and several 250 us re-anchoring windows pass.
+  // One round spins (no sleep) for 60 ms of real time so that the counter's
+  // ratio gets calibrated (>= 20 ms) and several 250 us re-anchoring windows
+  // pass. The bound is 1 us (an anchor's two counter reads are < 2 us apart)
+  // plus < 25 ns of ratio drift per window. A machine under load can
+  // disturb a round (the hypervisor's clock and the counter are sampled at
+  // different moments), so the tight bound must hold in one of three
+  // rounds, and a gross error (a wrong ratio or anchor) fails every round.
   using sc = std::chrono::steady_clock;
-  const auto end = sc::now() + 60ms;
-  std::int64_t worst_below = 0, worst_above = 0;
-  long n = 0;
-  for (auto before = sc::now(); before < end; before = sc::now(), ++n) {
-    const auto m = levee::detail::measurement_now();
-    const auto after = sc::now();
-    worst_below = std::max<std::int64_t>(worst_below, (before - m).count());
-    worst_above = std::max<std::int64_t>(worst_above, (m - after).count());
+  struct round_result {
+    long n = 0;
+    std::int64_t worst_below = 0, worst_above = 0;
+  };
+  auto round = [] {
+    round_result r;
+    const auto end = sc::now() + 60ms;
+    for (auto before = sc::now(); before < end; before = sc::now(), ++r.n) {
+      const auto m = levee::detail::measurement_now();
+      const auto after = sc::now();
+      r.worst_below = std::max<std::int64_t>(r.worst_below, (before - m).count());
+      r.worst_above = std::max<std::int64_t>(r.worst_above, (m - after).count());
+    }
+    return r;
+  };
+  bool tight = false;
+  for (int attempt = 0; attempt < 3 && !tight; ++attempt) {
+    const round_result r = round();
+    INFO("round " << attempt << ": readings: " << r.n << ", worst below: " << r.worst_below
+                  << " ns, worst above: " << r.worst_above << " ns");
+    CHECK(r.n > 1000);
+    CHECK(r.worst_below < 100'000);
+    CHECK(r.worst_above < 100'000);
+    tight = r.worst_below < 1100 && r.worst_above < 1100;
   }
-  INFO("readings: " << n << ", worst below: " << worst_below << " ns, worst above: " << worst_above << " ns");
-  // The bound is 1 us (an anchor's two counter reads are < 2 us apart) plus
-  // < 25 ns of ratio drift per window; typical errors are ~20 ns.
-  CHECK(n > 1000);
-  CHECK(worst_below < 1100);
-  CHECK(worst_above < 1100);
+  CHECK(tight);
 }
 
 #if LEVEE_DETAIL_HAS_TSC
@@ -811,7 +828,7 @@ TEST_CASE("keys give affinity with hashing strategies: the same key always lands
       });
     for (int round = 0; round < 20; ++round)
       for (int key = 0; key < 200; ++key)
-        REQUIRE(lev.try_submit(key, static_cast<std::uint64_t>(key) * 7919u));
+        REQUIRE(lev.try_submit(key, {.key = static_cast<std::uint64_t>(key) * 7919u}));
     lev.drain();
     REQUIRE(backends_of_key.size() == 200);
     for (const auto& entry : backends_of_key) {
@@ -839,11 +856,19 @@ TEST_CASE("worker threads on a manual clock wait for the clock: rate tokens and 
   std::atomic<int> ran{0}, failures{0};
   levee::leveler<int, levee::round_robin, levee::manual_clock> lev(
       o,
-      [&](int& j) {
+      [&](int&) {
         ++ran;
-        if (j == 0 && failures.fetch_add(1) == 0) throw std::runtime_error("once");
+        // Whichever job wins the token at t = 0 (either worker may) fails once.
+        if (failures.fetch_add(1) == 0) throw std::runtime_error("once");
       },
       clk);
+  // Declared after lev, so it runs first: if a REQUIRE fails, stop() cancels
+  // what waits for this clock instead of the destructor waiting for a time
+  // nobody will set.
+  struct stop_on_exit {
+    levee::leveler<int, levee::round_robin, levee::manual_clock>& l;
+    ~stop_on_exit() { l.stop(); }
+  } guard{lev};
   for (int i = 0; i < 5; ++i) REQUIRE(lev.try_submit(i));
   REQUIRE(eventually([&] { return ran.load() == 1; }));  // the token available at t = 0
   std::this_thread::sleep_for(20ms);
@@ -852,7 +877,7 @@ TEST_CASE("worker threads on a manual clock wait for the clock: rate tokens and 
     clk.advance(100ms);
     REQUIRE(eventually([&] { return ran.load() == 1 + step; }));
   }
-  // job 0 failed at t = 0 and waits up to 1 s (full jitter) for its retry
+  // the first job failed at t = 0 and waits up to 1 s (full jitter) for its retry
   clk.advance(1s);
   REQUIRE(eventually([&] { return ran.load() == 6; }));
   CHECK(lev.drain_for(1ms));
@@ -977,12 +1002,12 @@ struct counted {
 };
 }  // namespace
 
-TEST_CASE(
-    "leveler_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
+TEST_CASE("job_batch: FIFO refill from the queue, owner and thief takes, refill only when all moved out") {
   {
     levee::mpmc_queue<counted> q(64);
     for (int i = 0; i < 20; ++i) REQUIRE(q.try_emplace(i));
-    levee::detail::leveler_batch<counted, 8> b;
+    levee::detail::job_batch<counted, 8> b;
+    b.enable();
     auto pop = [&](auto out, std::size_t max) noexcept { return q.try_pop_bulk(out, max); };
     CHECK(b.refillable());
     CHECK(b.refill(pop) == 8);
@@ -1011,11 +1036,12 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "leveler_batch: one owner refilling and three thieves under oversubscription deliver every job exactly "
+    "job_batch: one owner refilling and three thieves under oversubscription deliver every job exactly "
     "once") {
   constexpr int n = LEVEE_TEST_SANITIZED ? 20000 : 200000;
   levee::mpmc_queue<int> q(256);
-  levee::detail::leveler_batch<int, 32> b;
+  levee::detail::job_batch<int, 32> b;
+  b.enable();
   std::vector<std::atomic<int>> seen(n);
   std::atomic<int> delivered{0};
   std::atomic<bool> done{false};
@@ -1056,4 +1082,83 @@ TEST_CASE(
   for (auto& s : seen) wrong += s.load() != 1;
   CHECK(wrong == 0);
   CHECK(delivered == n);
+}
+
+TEST_CASE("a blocked submit wakes at its job's deadline with would_miss_deadline; submit_until times out") {
+  using mlev = levee::leveler<int, levee::round_robin, levee::manual_clock>;
+  levee::manual_clock clk;
+  mlev::options o;
+  o.workers = 1;
+  o.capacity = 1;
+  gate g;
+  std::atomic<bool> running{false};
+  mlev lev(
+      o,
+      [&](int&) {
+        running = true;
+        g.wait();
+      },
+      clk);
+  struct open_on_exit {  // a failed REQUIRE must not leave the handler blocked
+    gate& g;
+    ~open_on_exit() { g.open(); }
+  } guard{g};
+  REQUIRE(lev.try_submit(1));
+  REQUIRE(eventually([&] { return running.load(); }));
+  REQUIRE(lev.try_submit(2));  // the queue is full from here on
+  const auto t0 = clk.now();
+  auto by_deadline = std::async(std::launch::async, [&] { return lev.submit(3, {.deadline = t0 + 1s}); });
+  auto by_until = std::async(std::launch::async, [&] { return lev.submit_until(4, t0 + 2s); });
+  CHECK(by_deadline.wait_for(20ms) == std::future_status::timeout);  // waits for room on the manual clock
+  clk.advance(999ms);
+  CHECK(by_deadline.wait_for(20ms) == std::future_status::timeout);
+  clk.advance(1ms);  // the job's deadline: no room will come in time
+  const auto d = by_deadline.get();
+  CHECK(d.status == levee::submit_status::would_miss_deadline);
+  CHECK(*d.job == 3);
+  CHECK(by_until.wait_for(1ms) == std::future_status::timeout);
+  clk.advance(1s);
+  const auto u = by_until.get();
+  CHECK(u.status == levee::submit_status::timeout);
+  CHECK(*u.job == 4);
+  // A time limit already past gives up at once.
+  CHECK(lev.submit_until(5, clk.now() - 1ms).status == levee::submit_status::timeout);
+  // drain_until gives up at its time on the leveler's clock.
+  auto drained = std::async(std::launch::async, [&] { return lev.drain_until(clk.now() + 1s); });
+  CHECK(drained.wait_for(20ms) == std::future_status::timeout);
+  clk.advance(1s);
+  CHECK_FALSE(drained.get());
+  const auto m = lev.metrics();
+  CHECK(m.rejected.would_miss_deadline == 1);
+  CHECK(m.rejected.timeout == 2);
+  g.open();
+  CHECK(lev.drain_until(clk.now() + 1h));  // drained long before that time
+}
+
+TEST_CASE(
+    "try_submit with job_options: the key routes, the deadline is checked at the door and at dispatch") {
+  levee::manual_clock clk;
+  typename levee::leveler<int, levee::jump_hash, levee::manual_clock>::options o;
+  o.workers = 0;
+  std::map<int, std::set<int>> backend_of;  // job -> backends
+  levee::leveler<int, levee::jump_hash, levee::manual_clock> lev(o, clk);
+  std::map<int, int> ran_on;
+  for (int b = 0; b < 4; ++b) lev.add_backend([&, b](int& j) { ran_on[j] = b; });
+  // Jobs 0..99 with key 7 all land on one backend; 100..199 with their own keys spread.
+  for (int j = 0; j < 100; ++j) REQUIRE(lev.try_submit(j, {.key = 7}));
+  for (int j = 100; j < 200; ++j) REQUIRE(lev.try_submit(j, {.key = static_cast<std::uint64_t>(j)}));
+  // A deadline in the past is refused at the door, with the job handed back.
+  auto late = lev.try_submit(1000, {.key = 1, .deadline = clk.now() - 1ns});
+  CHECK(late.status == levee::submit_status::would_miss_deadline);
+  CHECK(*late.job == 1000);
+  // One due in 1 ms, behind nothing that takes time: dispatched.
+  REQUIRE(lev.try_submit(1001, {.deadline = clk.now() + 1ms}));
+  lev.drain();
+  std::set<int> keyed, spread;
+  for (int j = 0; j < 100; ++j) keyed.insert(ran_on.at(j));
+  for (int j = 100; j < 200; ++j) spread.insert(ran_on.at(j));
+  CHECK(keyed.size() == 1);
+  CHECK(spread.size() == 4);
+  CHECK(ran_on.count(1000) == 0);
+  CHECK(ran_on.count(1001) == 1);
 }

@@ -39,7 +39,8 @@ namespace levee::detail {
 }
 
 // xoshiro256** 1.0 (Blackman, Vigna 2018): 256-bit state, period 2^256 - 1,
-// about 1 ns per number. Not thread-safe: one generator per thread.
+// a few instructions per number. Not thread-safe: one generator per thread
+// (the leveler keeps one per worker, for backoff jitter and picks alike).
 class xoshiro256 {
  public:
   using result_type = std::uint64_t;

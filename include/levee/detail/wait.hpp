@@ -1,7 +1,8 @@
 // levee/detail/wait.hpp - spin-then-park building blocks: a CPU pause, a
 // parking primitive on a 32-bit word (futex on Linux, a striped
 // mutex/condition_variable table elsewhere) with absolute deadlines on real
-// clocks, and an event count whose notify costs one load when nobody waits.
+// clocks, an event count whose notify costs one load when nobody waits, and
+// clock_event: that event count with timed waits on any levee clock.
 #pragma once
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "../clock.hpp"
 #include "time.hpp"
 
 #if defined(__linux__)
@@ -267,6 +269,14 @@ class event_count {
     unpark(epoch_, INT_MAX);
   }
   [[nodiscard]] std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
+  // The waiter count read with an RMW (for ThreadSanitizer, which does not model fences).
+  [[nodiscard]] std::uint32_t waiters_rmw() noexcept {
+    return waiters_.fetch_add(0, std::memory_order_acq_rel);
+  }
+  // True once a notification was published after prepare_wait() returned key.
+  [[nodiscard]] bool notified_since(std::uint32_t key) const noexcept {
+    return epoch_.load(std::memory_order_acquire) != key;
+  }
 
  private:
   std::uint32_t load_waiters(bool asymmetric) const noexcept {
@@ -274,6 +284,100 @@ class event_count {
   }
   std::atomic<std::uint32_t> waiters_{0};
   std::atomic<std::uint32_t> epoch_{0};
+};
+
+// The event count with timed waits on the owner's clock: "something
+// changed, look again" for conditions published with ordinary (even relaxed)
+// stores. Usage by a waiter:
+//   auto t = ev.prepare();          // announce the wait
+//   if (condition()) ev.cancel();   // re-check after announcing
+//   else ev.wait_until(t, deadline);
+// and by a notifier: make the condition true, then ev.notify().
+// notify() costs one load (and, without membarrier, one fence) when nobody
+// waits.
+//
+// Memory ordering: prepare() is a seq_cst RMW on the waiter count followed by
+// a full barrier; notify() passes a full barrier before reading the count. By
+// the fence-fence rule either the notifier sees the waiter (and wakes it) or
+// the waiter's re-check sees everything the notifier did before notify().
+// With a real clock on Linux the barrier pair is asymmetric (heavy_fence on
+// the waiter, who is about to park anyway; light_fence on the notifier);
+// otherwise both sides use seq_cst fences. ThreadSanitizer does not model
+// fences, so under TSan the notifier reads the count with an acq_rel RMW
+// (RMWs on the count are totally ordered: whichever comes second
+// synchronises with the first).
+// Waiting: on a waitable_clock (manual_clock) through the clock, which wakes
+// the waiter when its time moves or notify() is called; otherwise parked on
+// the epoch word with an absolute deadline (see to_park_deadline).
+// Spurious returns are possible; callers loop.
+template <clock Clock>
+class clock_event {
+ public:
+  using time_point = typename Clock::time_point;
+
+  explicit clock_event(Clock c)
+      : clock_(std::move(c)),
+        asymmetric_(!waitable_clock<Clock> && !LEVEE_DETAIL_TSAN && asymmetric_fence_available() &&
+                    !force_symmetric_fence.load(std::memory_order_relaxed)) {}
+  clock_event(const clock_event&) = delete;
+  clock_event& operator=(const clock_event&) = delete;
+
+  [[nodiscard]] std::uint32_t prepare() noexcept {
+    const std::uint32_t key = count_.prepare_wait(asymmetric_);
+#if !LEVEE_DETAIL_TSAN
+    if (!asymmetric_) std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+    return key;
+  }
+  void cancel() noexcept { count_.cancel_wait(); }
+
+  // Blocks until notified after prepare() returned `key`, or the clock
+  // reaches tp (time_point::max(): no time limit); always deregisters.
+  void wait_until(std::uint32_t key, time_point tp) {
+    if constexpr (waitable_clock<Clock>) {
+      (void)clock_.wait_until(tp, [&] { return count_.notified_since(key); });
+      count_.cancel_wait();
+    } else {
+      count_.wait(key, tp == time_point::max() ? park_deadline{} : to_park_deadline(tp));
+    }
+  }
+
+  // Wakes every waiter, if there is one.
+  void notify() noexcept {
+    if (anyone_waiting()) notify_always();
+  }
+  // Wakes at least one waiter, if there is one (all of them on a waitable clock).
+  void notify_one() noexcept {
+    if (!anyone_waiting()) return;
+    if constexpr (waitable_clock<Clock>) {
+      notify_always();
+    } else {
+      count_.notify_one(false);
+    }
+  }
+  // Wakes every waiter even if the count looks zero.
+  void notify_always() noexcept {
+    count_.notify_all_unconditionally();
+    if constexpr (waitable_clock<Clock>) clock_.notify_waiters();
+  }
+
+ private:
+  [[nodiscard]] bool anyone_waiting() noexcept {
+    if (asymmetric_) {
+      light_fence();
+      return count_.waiters() != 0;
+    }
+#if LEVEE_DETAIL_TSAN
+    return count_.waiters_rmw() != 0;
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return count_.waiters() != 0;
+#endif
+  }
+
+  [[no_unique_address]] Clock clock_;
+  const bool asymmetric_;
+  event_count count_;
 };
 
 }  // namespace levee::detail

@@ -1,0 +1,144 @@
+// levee/leveler/job.hpp - the leveler's public vocabulary: what a producer
+// passes with a job (job_options), what a submission returns
+// (submit_result, submit_status), what a handler returns (handler_result),
+// why a job reaches the dead-letter sink (dead_letter_reason), the overflow
+// and retry policies.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace levee {
+
+// What submit() does when the ingress queue is full.
+enum class overflow_policy {
+  block,        // wait for room (backpressure); see leveler::submit for when it does not wait
+  reject,       // return submit_status::full with the job
+  drop_oldest,  // evict the oldest queued job to the dead-letter sink (reason dropped) and enqueue
+};
+
+enum class submit_status {
+  accepted,
+  full,                 // no room (try_submit, reject policy, or a submit that may not wait: see submit)
+  closed,               // close() or stop() was called
+  would_miss_deadline,  // deadline-aware admission predicted dispatch after the job's deadline
+  timeout,              // submit_for / submit_until found no room in time
+};
+
+enum class dead_letter_reason {
+  failed,     // the last allowed attempt failed (or a retry was refused by the budget or the deadline)
+  expired,    // found past its deadline at dispatch; the handler never ran for this attempt
+  dropped,    // evicted from a full queue by overflow_policy::drop_oldest
+  cancelled,  // not started when stop() was called
+};
+
+namespace detail {
+// The name of an enumerator of a contiguous enum numbered from 0.
+template <class E, std::size_t N>
+[[nodiscard]] constexpr std::string_view enum_name(E e, const std::string_view (&names)[N]) noexcept {
+  const auto i = static_cast<std::size_t>(e);
+  return i < N ? names[i] : "unknown";
+}
+}  // namespace detail
+
+[[nodiscard]] constexpr std::string_view to_string(overflow_policy p) noexcept {
+  constexpr std::string_view names[] = {"block", "reject", "drop_oldest"};
+  return detail::enum_name(p, names);
+}
+[[nodiscard]] constexpr std::string_view to_string(submit_status s) noexcept {
+  constexpr std::string_view names[] = {"accepted", "full", "closed", "would_miss_deadline", "timeout"};
+  return detail::enum_name(s, names);
+}
+[[nodiscard]] constexpr std::string_view to_string(dead_letter_reason r) noexcept {
+  constexpr std::string_view names[] = {"failed", "expired", "dropped", "cancelled"};
+  return detail::enum_name(r, names);
+}
+static_assert(to_string(submit_status::timeout) == "timeout" &&
+                  to_string(dead_letter_reason::cancelled) == "cancelled" &&
+                  to_string(overflow_policy::drop_oldest) == "drop_oldest",
+              "the names follow the enumerators' order");
+
+// The result of a submission. On anything but `accepted`, `job` holds the
+// job handed back to the caller; on `accepted` it is empty.
+template <class Job>
+struct [[nodiscard]] submit_result {
+  submit_status status = submit_status::accepted;
+  std::optional<Job> job;
+
+  [[nodiscard]] bool accepted() const noexcept { return status == submit_status::accepted; }
+  explicit operator bool() const noexcept { return accepted(); }
+};
+
+// What a handler may return instead of void: success, or failure with an
+// optional error (handed to the dead-letter sink if the job runs out of
+// attempts). Throwing from a handler is the same as returning failure with
+// the thrown exception. A handler returning bool reports success with true.
+class handler_result {
+ public:
+  [[nodiscard]] static handler_result success() noexcept { return handler_result(true, nullptr); }
+  [[nodiscard]] static handler_result failure(std::exception_ptr error = nullptr) noexcept {
+    return handler_result(false, std::move(error));
+  }
+  template <class E>
+  requires(!std::same_as<std::decay_t<E>, std::exception_ptr> &&
+           !std::same_as<std::decay_t<E>, std::nullptr_t>) [[nodiscard]] static handler_result
+      failure(E&& error) {
+    return handler_result(false, std::make_exception_ptr(std::forward<E>(error)));
+  }
+
+  [[nodiscard]] bool ok() const noexcept { return ok_; }
+  [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
+
+ private:
+  handler_result(bool ok, std::exception_ptr e) noexcept : ok_(ok), error_(std::move(e)) {}
+  bool ok_;
+  std::exception_ptr error_;
+};
+
+// Retries: a failed job is attempted again after a full-jitter exponential
+// backoff, uniform in [0, min(max_backoff, base_backoff * 2^(retry-1))], on a
+// backend it has not failed on yet (if any), as long as
+//  - it has made fewer than max_attempts attempts (1 = never retry),
+//  - the retry would start before the job's deadline, and
+//  - the retry budget allows it: over a sliding 10 s window, retries <=
+//    min_retries_per_second * 10 + budget_ratio * first attempts.
+// Otherwise it goes to the dead-letter sink as `failed` with the last error.
+// Retries are opt-in (max_attempts = 1) because only idempotent jobs may be
+// retried safely.
+struct retry_policy {
+  std::uint32_t max_attempts = 1;
+  std::chrono::nanoseconds base_backoff = std::chrono::milliseconds{10};
+  std::chrono::nanoseconds max_backoff = std::chrono::seconds{1};
+  double budget_ratio = 0.2;
+  std::uint32_t min_retries_per_second = 10;
+};
+
+// Per-job options, used with designated initializers:
+//   lev.try_submit(j, {.key = k, .deadline = d});
+// key: an affinity key for key-based strategies (ring_hash, maglev,
+// rendezvous, jump_hash). deadline: an absolute time on the leveler's clock;
+// the job is never dispatched after it (and refused at the door when the
+// leveler predicts it would be). Fields are added over time; every field
+// has a default, so code naming some of them keeps compiling.
+template <class Clock>
+struct job_options {
+  std::optional<std::uint64_t> key{};
+  std::optional<typename Clock::time_point> deadline{};
+};
+
+// A backend handler: callable with Job&, returning void, bool or handler_result.
+template <class H, class Job>
+concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable < std::decay_t<H>
+&, Job& > &&(std::is_void_v<std::invoke_result_t<std::decay_t<H>&, Job&>> ||
+             std::same_as<std::invoke_result_t<std::decay_t<H>&, Job&>, bool> ||
+             std::convertible_to<std::invoke_result_t<std::decay_t<H>&, Job&>, handler_result>);
+
+}  // namespace levee

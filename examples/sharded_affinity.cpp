@@ -74,11 +74,8 @@ int run(std::string_view strategy_name, bool smoke) {
 
   auto send_round = [&] {
     for (std::uint64_t n = 0; n < events_per_account; ++n)
-      for (std::uint64_t a = 0; a < accounts; ++a) {
-        typename levee::leveler<account_event, Strategy>::job_options jo;
-        jo.key = a;  // the affinity key: the account
-        (void)lev.submit(account_event{a, n}, jo);
-      }
+      for (std::uint64_t a = 0; a < accounts; ++a)  // the affinity key: the account
+        (void)lev.submit(account_event{a, n}, {.key = a, .deadline = std::nullopt});
     lev.drain();
   };
 

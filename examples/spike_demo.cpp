@@ -441,9 +441,7 @@ void replay_in_virtual_time(const config& c, const plan& p, const std::string& s
         std::min<std::uint64_t>(p.total_jobs, static_cast<std::uint64_t>(p.arrivals_at(c, t)));
     for (; next < target; ++next) {
       arrivals.push_back((now - t0).count());
-      typename leveler_t::job_options jo;
-      jo.key = next;
-      if (!lev.try_submit(job{next}, jo)) ++refused;
+      if (!lev.try_submit(job{next}, {.key = next, .deadline = std::nullopt})) ++refused;
     }
     if (next >= p.total_jobs) break;
   }
@@ -580,9 +578,8 @@ int run_demo(const config& c, const std::string& strategy_name) {
       for (; next < target; ++next) {
         rec.arrival_ns[next] = now_ns;
         rec.submitted.fetch_add(1, std::memory_order_release);
-        typename leveler_t::job_options jo;
-        jo.key = next;  // the key matters to hashing strategies only
-        auto r = lev.submit(job{next}, jo);
+        // The key matters to hashing strategies only.
+        auto r = lev.submit(job{next}, {.key = next, .deadline = std::nullopt});
         if (!r) rec.rejected.fetch_add(1, std::memory_order_release);
       }
       if (next >= p.total_jobs) return;

@@ -8,7 +8,9 @@
 // removed: only the accounts that lived on it move, the others stay put.
 // By default all four hashing strategies run in turn.
 //
-// The program checks both claims and exits non-zero when one does not hold.
+// The program checks both claims, and that the accounts are spread over the
+// shards, and exits non-zero when one does not hold.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <levee/balance.hpp>
@@ -72,7 +74,8 @@ int run(std::string_view strategy_name, bool smoke) {
 
   auto send_round = [&] {
     for (std::uint64_t n = 0; n < events_per_account; ++n)
-      for (std::uint64_t a = 0; a < accounts; ++a) (void)lev.submit(account_event{a, n}, {.key = a});
+      for (std::uint64_t a = 0; a < accounts; ++a)  // the affinity key: the account
+        (void)lev.submit(account_event{a, n}, {.key = a});
     lev.drain();
   };
 
@@ -122,6 +125,23 @@ int run(std::string_view strategy_name, bool smoke) {
       static_cast<unsigned long long>(moved), static_cast<unsigned long long>(on_removed),
       static_cast<unsigned long long>(stayed));
 
+  // Sticky is not enough: a hash that sent every key to one shard would be
+  // sticky too. Each shard must hold at least half its fair share of the
+  // accounts (a good hash is far closer; the table says how close).
+  auto spread = [&](const std::map<std::uint64_t, std::set<std::size_t>>& seen, std::size_t n_shards) {
+    std::map<std::size_t, std::uint64_t> per_shard;
+    for (const auto& [account, where] : seen) ++per_shard[*where.begin()];
+    const double fair = static_cast<double>(accounts) / static_cast<double>(n_shards);
+    std::uint64_t fewest = per_shard.size() == n_shards ? accounts : 0;
+    for (const auto& [shard, n] : per_shard) fewest = std::min(fewest, n);
+    std::printf("  accounts per shard:");
+    for (const auto& [shard, n] : per_shard) std::printf(" %llu", static_cast<unsigned long long>(n));
+    std::printf(" (fair share %.0f)\n", fair);
+    return static_cast<double>(fewest) >= 0.5 * fair;
+  };
+  const bool spread_before = spread(before, shards);
+  const bool spread_after = spread(after, shards - 1);
+
   bool ok = true;
   auto expect = [&](bool cond, const std::string& what) {
     std::printf("[%s] %s\n", cond ? " ok " : "FAIL", what.c_str());
@@ -129,6 +149,8 @@ int run(std::string_view strategy_name, bool smoke) {
   };
   expect(sticky, "every account's jobs ran on exactly one shard");
   expect(sticky_after, "after the removal too, and none on the removed shard");
+  expect(spread_before && spread_after,
+         "the accounts are spread: every shard holds at least half its fair share, before and after");
   // Maglev trades a little disruption for an even table; the others move
   // nothing that did not live on the removed shard.
   const bool is_maglev = strategy_name == "maglev";

@@ -8,8 +8,9 @@
 // more than two at a time. GET /reports/<id> tells the status.
 //
 // The program checks what the pattern promises and exits non-zero otherwise:
-// the web thread's replies do not wait for the work, every accepted report is
-// rendered exactly once, and a refused one is never rendered.
+// the web thread's replies do not wait for the work, the bounded queue pushes
+// back, every accepted report is rendered exactly once, and a refused one is
+// never rendered.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
   const auto work = 20ms;  // rendering one report
 
   job_store store;
-  std::atomic<std::uint64_t> rendered{0};
+  std::atomic<std::uint64_t> rendered{0}, started{0};
   std::atomic<int> bad_starts{0};
 
   levee::leveler<report_job>::options opts;
@@ -101,6 +102,7 @@ int main(int argc, char** argv) {
   opts.workers = 2;
   opts.max_concurrency = 2;  // the renderer can take two at a time
   levee::leveler<report_job> queue(opts, [&](report_job& job) {
+    started.fetch_add(1);
     if (!store.start(job.id)) bad_starts.fetch_add(1);
     std::this_thread::sleep_for(work);  // the heavy part
     store.put(job.id, status::done);
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
     if (i % 20 == 19) std::this_thread::sleep_for(50ms);
   }
   const double web_seconds = std::chrono::duration<double>(steady::now() - t0).count();
+  const std::uint64_t started_during_web = started.load();
   std::printf("GET /reports/%llu -> %s right after the burst\n",
               static_cast<unsigned long long>(accepted_ids.back()),
               get_report(accepted_ids.back()).body.c_str());
@@ -150,11 +153,13 @@ int main(int argc, char** argv) {
 
   std::sort(reply_us.begin(), reply_us.end());
   const double p50 = reply_us[reply_us.size() / 2], worst = reply_us.back();
+  const auto over_1ms =
+      static_cast<std::size_t>(reply_us.end() - std::upper_bound(reply_us.begin(), reply_us.end(), 1000.0));
   const auto m = queue.metrics();
   std::printf("\n%zu requests answered in %.2f s by the web thread; rendering them took %.2f s.\n", requests,
               web_seconds, total_seconds);
-  std::printf("reply time: median %.0f us, max %.0f us; one report takes %lld ms to render\n", p50, worst,
-              static_cast<long long>(work.count()));
+  std::printf("reply time: median %.0f us, max %.0f us, %zu of %zu over 1 ms; one report takes %lld ms\n",
+              p50, worst, over_1ms, requests, static_cast<long long>(work.count()));
   std::printf("accepted %zu (202), refused %zu (503), rendered %llu; queue dwell p99 %.1f ms\n",
               accepted_ids.size(), refused_ids.size(), static_cast<unsigned long long>(rendered.load()),
               static_cast<double>(m.dwell_time.p99().count()) / 1e6);
@@ -164,8 +169,15 @@ int main(int argc, char** argv) {
     std::printf("[%s] %s\n", cond ? " ok " : "FAIL", what);
     ok = ok && cond;
   };
-  expect(p50 < 1000.0 && worst < std::chrono::duration<double, std::micro>(work).count(),
-         "the web thread replies without waiting for the work");
+  // A reply takes microseconds. A reply that waited for the work would wait
+  // for a rendering to free a slot: once the queue is full, a large share of
+  // the replies would take milliseconds. One slow reply proves nothing (the
+  // web thread can be preempted on a loaded machine), so the check is on the
+  // median and on the share of replies over 1 ms.
+  expect(p50 < 1000.0 && over_1ms * 10 <= requests,
+         "the web thread replies without waiting for the work (median and 90% of replies under 1 ms)");
+  expect(!refused_ids.empty() && accepted_ids.size() <= opts.capacity + started_during_web,
+         "the bounded queue pushed back: requests beyond its capacity were refused at once (503)");
   expect(rendered.load() == accepted_ids.size() && bad_starts.load() == 0,
          "every accepted report was rendered exactly once");
   bool all_done = std::all_of(accepted_ids.begin(), accepted_ids.end(),

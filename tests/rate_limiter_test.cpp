@@ -812,12 +812,14 @@ TEST_CASE(
         const i128 a = ref.ahead(nt), cost = static_cast<i128>(n) * ref.interval;
         auto r = lim.reserve(n, at_ns(now));
         REQUIRE(r.ok());
-        const i128 late = a + cost - ref.tau;
-        const std::int64_t ready =
-            late > 0 ? now + static_cast<std::int64_t>((late + (i128{1} << shift) - 1) >> shift) : now;
+        // ready_at is a whole ns, and the schedule continues from it
+        const i128 late = a + cost - ref.tau, unit = i128{1} << shift;
+        const i128 late_rounded = late > 0 ? (late + unit - 1) / unit * unit : 0;
+        const std::int64_t ready = now + static_cast<std::int64_t>(late_rounded >> shift);
         CHECK(r.ready_at() == at_ns(ready));
-        ref.tat = std::max(ref.tat, nt) + cost;
-        held.push_back({std::move(r), ref.tat, cost, ref.epoch});
+        const i128 base = std::max(ref.tat, nt);
+        ref.tat = late > 0 ? nt + ref.tau + late_rounded : base + cost;
+        held.push_back({std::move(r), ref.tat, ref.tat - base, ref.epoch});
       } else if (dice < 993) {
         if (!held.empty()) {
           const std::size_t k = static_cast<std::size_t>(rng() % held.size());

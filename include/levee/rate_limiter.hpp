@@ -434,8 +434,7 @@ class rate_limiter {
         const std::uint64_t parity = cur & 1U;
         const bool ancient = is_ancient(e);
         const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
-        std::uint64_t next =
-            ancient ? nt - horizon : cur - parity;  // an ancient state is re-based, still idle
+        std::uint64_t next = idle_base(cur - parity, nt, ancient);
         if (ahead > 0) {
           // keep the debt in permits: ahead * t_new / t_old, rounded up to an even unit
           const auto scaled = static_cast<detail::uint128>(ahead) * t_new;
@@ -482,7 +481,7 @@ class rate_limiter {
         const std::uint64_t parity = cur & 1U;
         const bool ancient = is_ancient(e);
         const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
-        std::uint64_t next = ancient ? nt - horizon : cur - parity;
+        std::uint64_t next = idle_base(cur - parity, nt, ancient);
         if (tau_new > tau_old) {
           // the permits available now (tau - ahead, possibly negative) are kept
           next = nt + std::min(ahead + (tau_new - tau_old), horizon);
@@ -632,6 +631,18 @@ class rate_limiter {
   // How far (ticks) the TAT is ahead of now: 0 if it is in the past, or so far
   // ahead (> horizon) that it can only be a state left idle for >= 2^63 ticks
   // (or a `now` staler than the documented limit).
+  // The TAT a reconfiguration keeps when it moves nothing: TAT itself, or,
+  // when TAT lies a horizon or more behind now (or the state is ancient), one
+  // horizon behind now. The write notes the current era; a TAT left further
+  // back could otherwise read as "ahead" on the ring within the next era.
+  // Decisions for every `now` within the documented staleness (>= now - H)
+  // are unchanged: both values are at or behind it.
+  [[nodiscard]] static std::uint64_t idle_base(std::uint64_t tat, std::uint64_t now_ticks,
+                                               bool ancient) noexcept {
+    if (ancient) return now_ticks - horizon;
+    const std::uint64_t d = tat - now_ticks;
+    return (d > horizon && now_ticks - tat >= horizon) ? now_ticks - horizon : tat;
+  }
   [[nodiscard]] static std::uint64_t ahead_of(std::uint64_t tat, std::uint64_t now_ticks) noexcept {
     const std::uint64_t d = tat - now_ticks;
     return (d <= horizon) ? d : 0;

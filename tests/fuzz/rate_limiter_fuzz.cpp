@@ -259,6 +259,7 @@ void run(levee_fuzz::input& in) {
         LEVEE_FUZZ_CHECK(res.ready_at() >= now, "reservation ready before now");
         if (res.ready_at() == time_point::max()) {  // saturated: "never", not an admission time
           (void)res.cancel();
+          ++version;  // the state may have moved: later refunds are not guaranteed
           break;
         }
         admitted(n, res.ready_at());
@@ -291,8 +292,12 @@ void run(levee_fuzz::input& in) {
         break;
       }
       case 7: {  // set_rate
+        // The limiter reads its own clock here, and a Clock is steady: it never
+        // goes back, so reconfigurations happen at the newest time seen.
+        const time_point rnow{ns(newest)};
+        clk.set(rnow);
         const levee::rate r = make_rate(in);
-        before_reconfig(now);
+        before_reconfig(rnow);
         try {
           lim.set_rate(r);
         } catch (const std::invalid_argument&) {
@@ -300,12 +305,16 @@ void run(levee_fuzz::input& in) {
           break;
         }
         reconfigured(r, lim.burst());
-        after_reconfig(now);
+        after_reconfig(rnow);
         break;
       }
       case 8: {  // set_burst (also the 1 <-> 200 toggling pattern)
+        // The limiter reads its own clock here, and a Clock is steady: it never
+        // goes back, so reconfigurations happen at the newest time seen.
+        const time_point rnow{ns(newest)};
+        clk.set(rnow);
         const std::uint64_t b = in.boolean() ? (burst == 1 ? 200 : 1) : make_burst(in);
-        before_reconfig(now);
+        before_reconfig(rnow);
         try {
           lim.set_burst(b);
         } catch (const std::invalid_argument&) {
@@ -315,7 +324,7 @@ void run(levee_fuzz::input& in) {
         LEVEE_FUZZ_CHECK(lim.burst() == b, "burst() %llu after set_burst(%llu)",
                          static_cast<unsigned long long>(lim.burst()), static_cast<unsigned long long>(b));
         reconfigured(lim.get_rate(), b);
-        after_reconfig(now);
+        after_reconfig(rnow);
         break;
       }
       default: {  // available() agrees with available_at

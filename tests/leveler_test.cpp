@@ -22,9 +22,13 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
+
+using levee_test::eventually;
+using levee_test::gate;
 
 namespace {
 
@@ -35,37 +39,6 @@ sim_t::options sim_options() {
   sim_t::options o;
   o.workers = 0;
   return o;
-}
-
-// A gate a handler can wait on, opened by the test.
-class gate {
- public:
-  void open() {
-    {
-      std::lock_guard l(m_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock l(m_);
-    cv_.wait(l, [&] { return open_; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
-template <class Pred>
-bool eventually(Pred p, std::chrono::milliseconds limit = 10s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (p()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return p();
 }
 
 }  // namespace

@@ -22,57 +22,16 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
 
+using levee_test::eventually;
+using levee_test::gate;
+using levee_test::within;
+
 namespace {
-
-// Runs f on another thread; if it has not returned within `limit`, reports
-// `what` and ends the process (a hung leveler cannot be unwound). Rethrows
-// what f threw.
-template <class F>
-void within(std::chrono::seconds limit, const char* what, F&& f) {
-  auto done = std::async(std::launch::async, std::forward<F>(f));
-  if (done.wait_for(limit) != std::future_status::ready) {
-    std::fprintf(stderr, "WATCHDOG: \"%s\" did not finish within %lld s (hang)\n", what,
-                 static_cast<long long>(limit.count()));
-    std::fflush(stderr);
-    std::quick_exit(3);
-  }
-  done.get();
-}
-
-// Polls p (yielding) until it holds or `limit` of real time passed.
-template <class Pred>
-bool eventually(Pred p, std::chrono::milliseconds limit = 10s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (p()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return p();
-}
-
-class gate {
- public:
-  void open() {
-    {
-      std::lock_guard l(m_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock l(m_);
-    cv_.wait(l, [&] { return open_; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
 
 using lev_t = levee::leveler<int>;
 using sim_t = levee::leveler<int, levee::round_robin, levee::manual_clock>;

@@ -24,7 +24,9 @@
 # the baseline fails or the mutants file is malformed.
 #
 # Environment: CXX (default: c++), LEVEE_MUTATION_JOBS (parallel mutants,
-# default 2), LEVEE_MUTATION_TIMEOUT (seconds per test run, default 60).
+# default 2), LEVEE_MUTATION_TIMEOUT (seconds per test run, default 60),
+# LEVEE_MUTATION_TRUST_BASELINE=1 (= --trust-baseline: skip the unmutated
+# build and run; only where the same tests have just passed, as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exec python3 - "$@" <<'PY'
@@ -36,6 +38,9 @@ ap.add_argument("mutants", nargs="?", default="tests/mutation/mutants.txt")
 ap.add_argument("--only", default=None, help="run only mutants whose name contains this text")
 ap.add_argument("--list", action="store_true", help="list the mutants and check that they are in sync")
 ap.add_argument("--keep", action="store_true", help="keep the temp directory (mutated copies, binaries, logs)")
+ap.add_argument("--trust-baseline", action="store_true",
+                default=os.environ.get("LEVEE_MUTATION_TRUST_BASELINE") == "1",
+                help="skip building and running the unmutated tests (CI: the same tests just passed)")
 ap.add_argument("--jobs", type=int, default=int(os.environ.get("LEVEE_MUTATION_JOBS", "2")))
 args = ap.parse_args()
 cxx = os.environ.get("CXX", "c++")
@@ -156,6 +161,9 @@ try:
     os.makedirs(base_dir)
     targets = sorted({c[0] for m in pending for c in m["commands"]})
     commands = sorted({tuple(c) for m in pending for c in m["commands"]})
+    if args.trust_baseline:
+        targets, commands = [], []
+        print("mutation: baseline trusted (--trust-baseline): not rebuilt", flush=True)
     print(f"mutation: baseline: building {len(targets)} targets with {cxx} -O1 ({args.jobs} in parallel)",
           flush=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:

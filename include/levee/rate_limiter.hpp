@@ -426,28 +426,14 @@ class rate_limiter {
       const std::uint64_t tau_new = checked_tau(b, t_new, "levee::rate_limiter::set_rate");
       const std::uint64_t t_old = interval_.load(std::memory_order_relaxed);
       begin_write();
-      const time_point now = clock_.now();
-      const std::uint64_t nt = to_ticks(now);
-      const std::int64_t e = era_of(now);
-      std::uint64_t cur = tat_.load(std::memory_order_acquire);
-      for (;;) {
-        const std::uint64_t parity = cur & 1U;
-        const bool ancient = is_ancient(e);
-        const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
-        std::uint64_t next = idle_base(cur - parity, nt, ancient);
-        if (ahead > 0) {
-          // keep the debt in permits: ahead * t_new / t_old, rounded up to an even unit
-          const auto scaled = static_cast<detail::uint128>(ahead) * t_new;
-          auto ahead_new =
-              static_cast<std::uint64_t>(std::min<detail::uint128>((scaled + t_old - 1) / t_old, horizon));
-          next = nt + ahead_new + (ahead_new & 1U);
-        }
-        // flip the parity: admissions computed with the old configuration fail their CAS
-        note_era(e);
-        if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
-                                         std::memory_order_acquire))
-          break;
-      }
+      rewrite_tat([&](std::uint64_t ahead, std::uint64_t kept, std::uint64_t nt) {
+        if (ahead == 0) return kept;
+        // keep the debt in permits: ahead * t_new / t_old, rounded up to an even unit
+        const auto scaled = static_cast<detail::uint128>(ahead) * t_new;
+        const auto ahead_new =
+            static_cast<std::uint64_t>(std::min<detail::uint128>((scaled + t_old - 1) / t_old, horizon));
+        return nt + ahead_new + (ahead_new & 1U);
+      });
       interval_.store(t_new, std::memory_order_release);
       tau_.store(tau_new, std::memory_order_release);
       epoch_.store(epoch_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
@@ -473,30 +459,16 @@ class rate_limiter {
       const std::uint64_t tau_new = checked_tau(burst, t, "levee::rate_limiter::set_burst");
       const std::uint64_t tau_old = tau_.load(std::memory_order_relaxed);
       begin_write();
-      const time_point now = clock_.now();
-      const std::uint64_t nt = to_ticks(now);
-      const std::int64_t e = era_of(now);
-      std::uint64_t cur = tat_.load(std::memory_order_acquire);
-      for (;;) {
-        const std::uint64_t parity = cur & 1U;
-        const bool ancient = is_ancient(e);
-        const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
-        std::uint64_t next = idle_base(cur - parity, nt, ancient);
-        if (tau_new > tau_old) {
-          // the permits available now (tau - ahead, possibly negative) are kept
-          next = nt + std::min(ahead + (tau_new - tau_old), horizon);
-        } else if (ahead > 0) {
-          // min(available, new burst): the schedule moves back by the burst
-          // removed, never before now. Without this a lower-then-raise cycle
-          // would add (tau_old - tau_new) of debt without any admission.
-          const std::uint64_t removed = tau_old - tau_new;
-          next = nt + (ahead > removed ? ahead - removed : 0);
-        }
-        note_era(e);
-        if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
-                                         std::memory_order_acquire))
-          break;
-      }
+      rewrite_tat([&](std::uint64_t ahead, std::uint64_t kept, std::uint64_t nt) {
+        // the permits available now (tau - ahead, possibly negative) are kept
+        if (tau_new > tau_old) return nt + std::min(ahead + (tau_new - tau_old), horizon);
+        if (ahead == 0) return kept;
+        // min(available, new burst): the schedule moves back by the burst
+        // removed, never before now. Without this a lower-then-raise cycle
+        // would add (tau_old - tau_new) of debt without any admission.
+        const std::uint64_t removed = tau_old - tau_new;
+        return nt + (ahead > removed ? ahead - removed : 0);
+      });
       burst_.store(burst, std::memory_order_release);
       tau_.store(tau_new, std::memory_order_release);
       epoch_.store(epoch_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
@@ -631,6 +603,28 @@ class rate_limiter {
   // How far (ticks) the TAT is ahead of now: 0 if it is in the past, or so far
   // ahead (> horizon) that it can only be a state left idle for >= 2^63 ticks
   // (or a `now` staler than the documented limit).
+  // Replaces TAT (under config_mutex_, between begin_write and end_write)
+  // with next_tat(ahead, kept, now_ticks), where `kept` is what a
+  // reconfiguration that moves nothing keeps (idle_base), and flips the
+  // parity bit so that admissions computed with the old configuration fail
+  // their CAS.
+  template <class F>
+  void rewrite_tat(F&& next_tat) {
+    const time_point now = clock_.now();
+    const std::uint64_t nt = to_ticks(now);
+    const std::int64_t e = era_of(now);
+    std::uint64_t cur = tat_.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint64_t parity = cur & 1U;
+      const bool ancient = is_ancient(e);
+      const std::uint64_t ahead = ancient ? 0 : ahead_of(cur - parity, nt);
+      const std::uint64_t next = next_tat(ahead, idle_base(cur - parity, nt, ancient), nt);
+      note_era(e);
+      if (tat_.compare_exchange_strong(cur, next + (parity ^ 1U), std::memory_order_acq_rel,
+                                       std::memory_order_acquire))
+        return;
+    }
+  }
   // The TAT a reconfiguration keeps when it moves nothing: TAT itself, or,
   // when TAT lies a horizon or more behind now (or the state is ancient), one
   // horizon behind now. The write notes the current era; a TAT left further

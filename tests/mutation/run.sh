@@ -17,6 +17,10 @@
 # command runs once against the unmodified include/ and must pass; otherwise
 # the check cannot judge anything and stops (exit 2).
 #
+# A test that fails to compile because one of its static_asserts fails with
+# the mutant has caught it (at compile time); any other compile error is
+# reported as DOES NOT COMPILE.
+#
 # Output: one line per mutant (caught by which command, SURVIVED, OUT OF SYNC
 # when its original text is no longer found exactly once, DOES NOT COMPILE),
 # then a summary with the wall time. Exit status: 0 when every mutant was
@@ -199,6 +203,8 @@ try:
         for c in m["commands"]:
             if c[0] not in exes:
                 exes[c[0]], _ = build(c[0], inc, d, log)
+            if exes[c[0]] is None and re.search(r"static assertion failed|static_assert failed", tail(log, 200)):
+                return f"caught by {c[0]} at compile time (a static_assert)", time.time() - t0
             if exes[c[0]] is None:
                 return f"DOES NOT COMPILE ({c[0]}): see {log}" if args.keep else \
                        f"DOES NOT COMPILE ({c[0]}):\n{tail(log)}", time.time() - t0

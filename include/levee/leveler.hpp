@@ -128,6 +128,14 @@ class leveler {
     levee::retry_policy retry;
     // Relative to submission, for jobs without a deadline (too large for the clock: none).
     std::optional<duration> default_deadline;
+    // Per attempt, from its start (a backend's backend_options::attempt_timeout
+    // overrides it): an asynchronous attempt not finished by then fails with
+    // attempt_errc::timeout; a synchronous one is counted (see "Asynchronous
+    // handlers" above). nullopt: none.
+    std::optional<duration> attempt_timeout;
+    // Without a concurrency gate (max_concurrency, adaptive), asynchronous
+    // attempts in flight are bounded by this (>= 1).
+    std::size_t max_async_in_flight = 1000;
     dead_letter_sink dead_letter;          // empty: dead-lettered jobs are destroyed (still counted)
     levee::health_options health;          // outlier ejection of backends
     std::uint64_t seed = 0x6c65766565ULL;  // backoff jitter and the strategy's draws
@@ -161,6 +169,9 @@ class leveler {
     close();
     if (core_.opts.workers != 0) settle();
     stop();
+    // A completion that settled the last attempts may still be returning
+    // from the leveler's code (stop() saw its final state, not its return).
+    while (core_.async_live.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   }
 
   // ------------------------------------------------------------ backends --
@@ -172,7 +183,10 @@ class leveler {
   // Memory ordering: the handler's construction happens-before its first call.
   template <class H>
   requires job_handler<H, Job> backend_id add_backend(H&& handler, backend_options bo = {}) {
-    const backend_id id = core_.backends.add(std::forward<H>(handler), bo);
+    if (bo.attempt_timeout.count() < 0)
+      throw std::invalid_argument("levee::leveler::add_backend: attempt_timeout must be >= 0, got " +
+                                  std::to_string(bo.attempt_timeout.count()) + " ns");
+    const backend_id id = core_.backends.add(std::forward<H>(handler), bo, bo.attempt_timeout);
     core_.work.notify_always();
     return id;
   }
@@ -301,6 +315,7 @@ class leveler {
     // (workers may pop concurrently: each job is taken by exactly one
     // thread); the second sweep catches what workers left behind.
     core_.cancel_not_started();
+    core_.request_stop_attempts();
     core_.stopped.store(true, std::memory_order_release);
     if (core_.inside()) return core_.opts.workers == 0;
     if (!wait_quiet(until, [&] { return core_.exited.load(std::memory_order_acquire) == core_.launched; }))
@@ -316,7 +331,7 @@ class leveler {
       if (t.joinable()) t.join();
     core_.cancel_not_started();
     core_.ledger.quiet().notify_always();
-    return true;
+    return wait_async(until);
   }
 
   // ----------------------------------------------------- simulation mode --
@@ -340,6 +355,23 @@ class leveler {
     if (core_.clock.now() < t) core_.clock.set(t);
     return n;
   }
+  // Simulation mode only: runs fn() on the driving thread when the
+  // simulation reaches time t (inside step(), run_until() and drain(); at
+  // once in the next step if t has passed), in time order and FIFO among
+  // equal times. The stand-in for I/O in a simulated scenario: an
+  // asynchronous handler posts its completion for the virtual time its call
+  // would end. stop() drops the events not yet run (a dropped completion
+  // abandons its attempt). Thread-safe. Throws std::logic_error with workers.
+  //   lev.add_backend([&](job& j, levee::completion done) {
+  //     lev.post_at(lev.get_clock().now() + 100ms, [d = std::move(done)]() mutable { std::move(d).succeed(); });
+  //   });
+  template <class F>
+  requires std::invocable<F&> && std::move_constructible<F>
+  void post_at(time_point t, F fn) {
+    require_simulation("post_at");
+    core_.posted.push(detail::to_ns(t), detail::unique_task(std::move(fn)));
+  }
+
   // The time of the next event the last step() stopped at (a rate token for
   // the job at the head, or the next retry becoming due when nothing else is
   // waiting), or nullopt if it waits for nothing timed (idle, or for a
@@ -395,6 +427,11 @@ class leveler {
       bad("default_deadline must be > 0, got " +
           std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.default_deadline).count()) +
           " ns");
+    if (o.attempt_timeout && *o.attempt_timeout <= duration::zero())
+      bad("attempt_timeout must be > 0, got " +
+          std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.attempt_timeout).count()) +
+          " ns");
+    if (o.max_async_in_flight == 0) bad("max_async_in_flight must be >= 1, got 0");
     if (o.adaptive && o.max_concurrency != 0)
       bad("max_concurrency (" + std::to_string(o.max_concurrency) +
           ") and options.adaptive are exclusive: set one");
@@ -411,6 +448,20 @@ class leveler {
   bool wake(bool changed) {
     core_.work.notify_always();
     return changed;
+  }
+
+  // stop(): waits until no asynchronous attempt is in flight, failing those
+  // whose timeout passes meanwhile (the workers have exited). Simulation
+  // mode first drops the events posted for later (post_at): time does not
+  // move any more, and a dropped completion abandons its attempt.
+  bool wait_async(time_point until) {
+    if (core_.opts.workers == 0) core_.posted.clear();
+    for (;;) {
+      core_.expire_attempts(core_.clock.now());
+      if (core_.ledger.async_in_flight() == 0) return true;
+      const time_point next = std::min(until, core_.next_attempt_timeout());
+      if (!wait_quiet(next, [&] { return core_.ledger.async_in_flight() == 0; }) && next == until) return false;
+    }
   }
 
   // Parks on the ledger's quiet event until done() or `until`; true if done().

@@ -142,13 +142,20 @@ struct metrics_snapshot {
   std::uint64_t retries_denied_by_budget = 0;
   dead_letter_counts dead_lettered;
   std::uint64_t dead_letter_sink_errors = 0;  // exceptions thrown by the dead-letter sink (swallowed)
+  // Attempts that ran past their attempt timeout: asynchronous ones failed
+  // with attempt_errc::timeout, synchronous ones are counted when they
+  // return (their result stands).
+  std::uint64_t attempt_timeouts = 0;
+  std::uint64_t abandoned = 0;         // asynchronous attempts whose completion was destroyed unfired
+  std::uint64_t late_completions = 0;  // completions fired after their attempt timed out (ignored)
 
   // --- gauges
   std::size_t queue_depth = 0;  // jobs accepted and not started: in the ingress queue or a worker's batch
                                 // (approximate under concurrency)
   std::size_t queue_capacity = 0;
   std::size_t retry_pending = 0;       // failed jobs waiting for their backoff to elapse
-  std::size_t in_flight = 0;           // handlers running now
+  std::size_t in_flight = 0;           // attempts running now: synchronous handlers running, and
+                                       // asynchronous attempts started and not finished
   std::uint64_t outstanding = 0;       // accepted jobs not yet in a final state
   std::uint64_t outstanding_peak = 0;  // high-water mark of outstanding (exact in simulation mode,
                                        // sampled every 64th acceptance with worker threads)
@@ -300,11 +307,16 @@ class metrics_writer {
   w.sample("jobs_dead_lettered_total", "reason=\"cancelled\"", m.dead_lettered.cancelled);
   w.counter("dead_letter_sink_errors_total", "Exceptions thrown by the dead-letter sink.",
             m.dead_letter_sink_errors);
+  w.counter("attempt_timeouts_total", "Attempts that ran past their attempt timeout.", m.attempt_timeouts);
+  w.counter("attempts_abandoned_total", "Asynchronous attempts whose completion was destroyed unfired.",
+            m.abandoned);
+  w.counter("late_completions_total", "Completions fired after their attempt timed out.",
+            m.late_completions);
 
   w.gauge("queue_depth", "Jobs waiting in the ingress queue.", std::to_string(m.queue_depth));
   w.gauge("queue_capacity", "Capacity of the ingress queue.", std::to_string(m.queue_capacity));
   w.gauge("retry_pending", "Failed jobs waiting for their backoff.", std::to_string(m.retry_pending));
-  w.gauge("in_flight", "Handlers running now.", std::to_string(m.in_flight));
+  w.gauge("in_flight", "Attempts running now (synchronous and asynchronous).", std::to_string(m.in_flight));
   w.gauge("outstanding", "Accepted jobs not yet in a final state.", std::to_string(m.outstanding));
   w.gauge("outstanding_peak", "High-water mark of outstanding jobs.", std::to_string(m.outstanding_peak));
   if (m.rate_limit) {

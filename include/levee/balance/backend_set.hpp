@@ -32,6 +32,9 @@ struct backend_options {
   std::uint32_t weight = 1;       // relative share; 0 is rejected
   std::uint32_t tier = 0;         // failover tier: lower tiers are preferred
   std::size_t max_in_flight = 0;  // hard cap on concurrent leases; 0 = unlimited
+  // levee::leveler only (the balancer ignores it): this backend's attempt
+  // timeout; 0 = the leveler's options.attempt_timeout.
+  std::chrono::nanoseconds attempt_timeout{0};
 };
 
 enum class outcome { success, failure };

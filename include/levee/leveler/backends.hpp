@@ -27,26 +27,39 @@
 
 namespace levee::detail {
 
+// A backend's handler, type-erased. Synchronous handlers are run by
+// invoke(); asynchronous ones (async_job_handler) are started by start()
+// with the attempt's completion.
 template <class Job>
 struct job_handler_base {
   virtual ~job_handler_base() = default;
   virtual handler_result invoke(Job& job) = 0;
+  virtual void start(Job& job, completion&& done) = 0;
+  [[nodiscard]] virtual bool async() const noexcept = 0;
 };
 
 template <class Job, class H>
 struct job_handler_impl final : job_handler_base<Job> {
   explicit job_handler_impl(H h) : fn(std::move(h)) {}
   handler_result invoke(Job& job) override {
-    using R = std::invoke_result_t<H&, Job&>;
-    if constexpr (std::is_void_v<R>) {
-      std::invoke(fn, job);
-      return handler_result::success();
-    } else if constexpr (std::same_as<R, bool>) {
-      return std::invoke(fn, job) ? handler_result::success() : handler_result::failure();
+    if constexpr (async_job_handler<H, Job>) {
+      return handler_result::failure();  // never called: async() is true
     } else {
-      return handler_result(std::invoke(fn, job));
+      using R = std::invoke_result_t<H&, Job&>;
+      if constexpr (std::is_void_v<R>) {
+        std::invoke(fn, job);
+        return handler_result::success();
+      } else if constexpr (std::same_as<R, bool>) {
+        return std::invoke(fn, job) ? handler_result::success() : handler_result::failure();
+      } else {
+        return handler_result(std::invoke(fn, job));
+      }
     }
   }
+  void start(Job& job, completion&& done) override {
+    if constexpr (async_job_handler<H, Job>) std::invoke(fn, job, std::move(done));
+  }
+  [[nodiscard]] bool async() const noexcept override { return async_job_handler<H, Job>; }
   H fn;
 };
 
@@ -65,6 +78,8 @@ struct backend_record {
       : counters(std::make_unique<backend_counters[]>(shards)), shard_count(shards) {}
   std::uint64_t id = 0;
   std::unique_ptr<job_handler_base<Job>> handler;
+  bool async = false;                     // handler->async(), read without a virtual call
+  std::chrono::nanoseconds timeout{0};    // per-attempt timeout; 0 = none
   std::unique_ptr<backend_counters[]> counters;  // one per stats shard
   std::size_t shard_count;
 
@@ -124,10 +139,13 @@ class backend_stage {
 
   // Blocking: briefly, while the balancer publishes its new snapshot (it
   // waits for picks in progress, never for running jobs).
+  // `timeout`: the backend's attempt timeout (0 = none).
   template <class H>
-  backend_id add(H&& handler, backend_options bo) {
+  backend_id add(H&& handler, backend_options bo, std::chrono::nanoseconds timeout) {
     auto b = std::make_shared<record>(shards_);
     b->handler = std::make_unique<job_handler_impl<Job, std::decay_t<H>>>(std::forward<H>(handler));
+    b->async = b->handler->async();
+    b->timeout = timeout;
     std::lock_guard lock(mutex_);
     const backend_id id = next_id_++;
     b->id = id;

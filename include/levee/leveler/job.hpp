@@ -1,6 +1,7 @@
 // levee/leveler/job.hpp - the leveler's public vocabulary: what a producer
 // passes with a job (job_options), what a submission returns
-// (submit_result, submit_status), what a handler returns (handler_result),
+// (submit_result, submit_status), the handler forms (synchronous, or
+// asynchronous with a levee::completion: completion.hpp),
 // why a job reaches the dead-letter sink (dead_letter_reason), the overflow
 // and retry policies.
 #pragma once
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <levee/leveler/completion.hpp>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -77,32 +79,6 @@ struct [[nodiscard]] submit_result {
   explicit operator bool() const noexcept { return accepted(); }
 };
 
-// What a handler may return instead of void: success, or failure with an
-// optional error (handed to the dead-letter sink if the job runs out of
-// attempts). Throwing from a handler is the same as returning failure with
-// the thrown exception. A handler returning bool reports success with true.
-class handler_result {
- public:
-  [[nodiscard]] static handler_result success() noexcept { return handler_result(true, nullptr); }
-  [[nodiscard]] static handler_result failure(std::exception_ptr error = nullptr) noexcept {
-    return handler_result(false, std::move(error));
-  }
-  template <class E>
-  requires(!std::same_as<std::decay_t<E>, std::exception_ptr> &&
-           !std::same_as<std::decay_t<E>, std::nullptr_t>) [[nodiscard]] static handler_result
-      failure(E&& error) {
-    return handler_result(false, std::make_exception_ptr(std::forward<E>(error)));
-  }
-
-  [[nodiscard]] bool ok() const noexcept { return ok_; }
-  [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
-
- private:
-  handler_result(bool ok, std::exception_ptr e) noexcept : ok_(ok), error_(std::move(e)) {}
-  bool ok_;
-  std::exception_ptr error_;
-};
-
 // Retries: a failed job is attempted again after a full-jitter exponential
 // backoff, uniform in [0, min(max_backoff, base_backoff * 2^(retry-1))], on a
 // backend it has not failed on yet (if any), as long as
@@ -134,11 +110,22 @@ struct job_options {
   std::optional<typename Clock::time_point> deadline{};
 };
 
-// A backend handler: callable with Job&, returning void, bool or handler_result.
+// A synchronous handler: callable with Job&, returning void, bool or
+// handler_result; the attempt ends when it returns (or throws).
 template <class H, class Job>
-concept job_handler = std::move_constructible<std::decay_t<H>> && std::invocable < std::decay_t<H>
-&, Job& > &&(std::is_void_v<std::invoke_result_t<std::decay_t<H>&, Job&>> ||
-             std::same_as<std::invoke_result_t<std::decay_t<H>&, Job&>, bool> ||
-             std::convertible_to<std::invoke_result_t<std::decay_t<H>&, Job&>, handler_result>);
+concept sync_job_handler =
+    std::invocable<H&, Job&> && (std::is_void_v<std::invoke_result_t<H&, Job&>> ||
+                                 std::same_as<std::invoke_result_t<H&, Job&>, bool> ||
+                                 std::convertible_to<std::invoke_result_t<H&, Job&>, handler_result>);
+// An asynchronous handler: callable with (Job&, levee::completion), returning
+// void; it starts the work and returns, and the attempt ends when the
+// completion fires (see levee::completion).
+template <class H, class Job>
+concept async_job_handler =
+    std::invocable<H&, Job&, completion> && std::is_void_v<std::invoke_result_t<H&, Job&, completion>>;
+// A backend handler: either form (not both: the form must be unambiguous).
+template <class H, class Job>
+concept job_handler = std::move_constructible<std::decay_t<H>> &&
+                      (sync_job_handler<std::decay_t<H>, Job> != async_job_handler<std::decay_t<H>, Job>);
 
 }  // namespace levee

@@ -92,8 +92,8 @@ struct alignas(false_sharing_range) stats_shard {
   bool exclusive = false;
   std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, retried{0}, budget_denied{0};
   std::atomic<std::uint64_t> dead[4]{};  // by dead_letter_reason
-  std::atomic<std::uint64_t> sink_errors{0};
-  std::atomic<std::size_t> in_flight{0};
+  std::atomic<std::uint64_t> sink_errors{0}, timeouts{0}, abandoned{0};
+  std::atomic<std::size_t> in_flight{0};  // synchronous attempts (asynchronous ones: ledger_stage)
   metrics_histogram dwell, service;
   window_counter dispatches{rate_slot, rate_slots};
 
@@ -148,11 +148,19 @@ class ledger_stage {
     for (std::size_t i = 0; i < count_; ++i) done += shards_[i].finished();
     return done;
   }
+  // Attempts running: synchronous handlers, and asynchronous attempts
+  // started and not settled.
   [[nodiscard]] std::uint64_t in_flight() const noexcept {
-    std::uint64_t n = 0;
+    std::uint64_t n = async_in_flight();
     for (std::size_t i = 0; i < count_; ++i) n += shards_[i].in_flight.load(std::memory_order_relaxed);
     return n;
   }
+
+  [[nodiscard]] std::uint64_t async_in_flight() const noexcept {
+    return async_in_flight_.load(std::memory_order_acquire);
+  }
+  void async_started() noexcept { async_in_flight_.fetch_add(1, std::memory_order_relaxed); }
+  void async_settled() noexcept { async_in_flight_.fetch_sub(1, std::memory_order_acq_rel); }
 
   // The final state `reason` for env (counted in s), then the sink with the
   // job and its last error; an exception from the sink is counted, never
@@ -202,6 +210,8 @@ class ledger_stage {
       m.dead_lettered.dropped += dead(dead_letter_reason::dropped);
       m.dead_lettered.cancelled += dead(dead_letter_reason::cancelled);
       m.dead_letter_sink_errors += s.sink_errors.load(std::memory_order_relaxed);
+      m.attempt_timeouts += s.timeouts.load(std::memory_order_relaxed);
+      m.abandoned += s.abandoned.load(std::memory_order_relaxed);
       s.dwell.add_to(dwell);
       s.service.add_to(service);
     }
@@ -228,6 +238,7 @@ class ledger_stage {
   std::size_t count_;
   const dead_letter_sink& sink_;
   clock_event<Clock> quiet_;
+  std::atomic<std::uint64_t> async_in_flight_{0};
 };
 
 // The whole snapshot (leveler::metrics): each stage adds its part; the

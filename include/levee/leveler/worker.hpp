@@ -17,6 +17,8 @@
 #include <levee/detail/rng.hpp>
 #include <levee/detail/time.hpp>
 #include <levee/detail/wait.hpp>
+#include <levee/concurrency_limiter.hpp>
+#include <levee/leveler/attempts.hpp>
 #include <levee/leveler/backends.hpp>
 #include <levee/leveler/batch.hpp>
 #include <levee/leveler/gates.hpp>
@@ -52,6 +54,7 @@ class leveler_core {
   using backends_type = backend_stage<Job, Strategy, Clock>;
   using lease = typename backends_type::lease;
   using step_result = progress_result<time_point>;
+  using attempt_type = attempt<leveler_core>;
 
   // Batching (see take_batch): at most this many jobs per claim, and only
   // after a job that ran shorter than the limit.
@@ -86,10 +89,14 @@ class leveler_core {
         budget(opts.retry.budget_ratio, opts.retry.min_retries_per_second),
         work(c),
         start_ns(to_ns(c.now())),
+        default_timeout(opts.attempt_timeout ? saturating_ceil<std::chrono::nanoseconds>(*opts.attempt_timeout)
+                                             : std::chrono::nanoseconds{0}),
+        shared_random(opts.seed ^ 0x9e3779b97f4a7c15ULL),
         sim(opts.seed, ledger.shard(0)) {
     // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
     batching = opts.workers != 0 && !gates.has_rate() && !gates.has_concurrency() &&
                opts.overflow != overflow_policy::drop_oldest;
+    if (!gates.has_concurrency()) async_limit.emplace(opts.max_async_in_flight);
     ctxs.reserve(opts.workers);
     for (std::size_t i = 0; i < opts.workers; ++i) {
       ctxs.push_back(std::make_unique<context>(opts.seed + 1 + i, ledger.shard(i + 1)));
@@ -132,6 +139,7 @@ class leveler_core {
   // the job is dispatched at `now`: a side-effect-free rate check, then the
   // concurrency permit, then the backend lease, then the token itself.
   step_result try_progress(context& c, time_point now) {
+    expire_attempts(now);
     // take. The job is taken into a local: c.held only holds a job while it
     // waits at a gate (never while its handler runs, so a stop() from that
     // handler cannot cancel it), and the common case - popped and dispatched
@@ -182,24 +190,63 @@ class leveler_core {
     }
     std::optional<lease> picked = backends.pick(env, c.random, c.kept, now);
     if (!picked) return hold(progress::wait_capacity, time_point::max());
-    if (gates.has_rate() && !gates.take_token(now)) return hold(progress::wait_rate, gates.next_token(now));
-    // run, outcome.
+    // An asynchronous attempt's state is allocated before the token is
+    // spent: out of memory, the job waits instead.
+    void* storage = nullptr;
+    if (picked->payload()->async) {
+      // Without a concurrency gate, asynchronous attempts are bounded by
+      // options.max_async_in_flight.
+      if (!held_permit) {
+        auto p = async_limit->try_acquire();
+        if (!p) {
+          picked.reset();
+          return hold(progress::wait_capacity, time_point::max());
+        }
+        held_permit.emplace(std::move(p));
+      }
+      try {
+        attempts.reserve_one();
+        storage = ::operator new(sizeof(attempt_type));
+      } catch (const std::bad_alloc&) {
+        picked.reset();
+        return hold(progress::wait_capacity, time_point::max());
+      }
+    }
+    if (gates.has_rate() && !gates.take_token(now)) {
+      ::operator delete(storage);
+      return hold(progress::wait_rate, gates.next_token(now));
+    }
+    // run (or start), outcome.
+    if (storage != nullptr)
+      return {progress::progressed,
+              start_async(c, storage, std::move(env), std::move(*picked), std::move(held_permit), now)};
     return {progress::progressed, run(c, std::move(env), std::move(*picked), std::move(held_permit), now)};
   }
 
-  // Runs one attempt, settles its outcome and returns the time it ended.
-  time_point run(context& c, envelope_type&& env, lease&& lease_in, std::optional<permit>&& held_permit,
-                 time_point start) {
-    lease l = std::move(lease_in);
-    stats_shard& s = *c.shard;
+  // The attempt's start: counted, sampled, and (first attempts) deposited in
+  // the retry budget.
+  void begin_attempt(stats_shard& s, envelope_type& env, const backend_record<Job>& backend,
+                     time_point start) noexcept {
     const std::int64_t begin_ns = to_ns(start);
-    const auto& backend = l.payload();
     s.inc(s.started);
-    s.inc(backend->counters[s.index].started);
+    s.inc(backend.counters[s.index].started);
     s.record(s.dwell, static_cast<std::uint64_t>(std::max<std::int64_t>(0, begin_ns - to_ns(env.ready))));
     s.count_dispatch(begin_ns);
     if (env.attempts == 0 && opts.retry.max_attempts > 1) budget.deposit(begin_ns);
     ++env.attempts;
+  }
+  // The attempt timeout for a backend (its own, else options.attempt_timeout; 0 = none).
+  [[nodiscard]] std::chrono::nanoseconds attempt_timeout(const backend_record<Job>& backend) const noexcept {
+    return backend.timeout.count() != 0 ? backend.timeout : default_timeout;
+  }
+
+  // Runs one synchronous attempt, settles its outcome and returns the time it ended.
+  time_point run(context& c, envelope_type&& env, lease&& lease_in, std::optional<permit>&& held_permit,
+                 time_point start) {
+    lease l = std::move(lease_in);
+    stats_shard& s = *c.shard;
+    const auto& backend = l.payload();
+    begin_attempt(s, env, *backend, start);
     s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 
     handler_result result = handler_result::success();
@@ -217,29 +264,55 @@ class leveler_core {
         gates.has_rate() || env.deadline != time_point::max() ? clock.now() : measure_now(clock);
     const auto service = std::max(std::chrono::nanoseconds{0},
                                   std::chrono::duration_cast<std::chrono::nanoseconds>(end - start));
-    s.record(s.service, static_cast<std::uint64_t>(service.count()));
     c.last_service_ns = service.count();
+    // A running call cannot be taken back: past its timeout it is counted,
+    // and its result stands.
+    if (const auto t = attempt_timeout(*backend); t.count() != 0 && service > t) s.inc(s.timeouts);
+    finish_attempt(s, &c.random, std::move(env), std::move(l), held_permit, service, end, std::move(result),
+                   &c.kept);
+    return end;
+  }
+
+  // Settles a finished attempt (synchronous or asynchronous): outcome
+  // counters, the backend's feedback, the permit, the adaptive sample, then
+  // the final state or a retry. `keep` (synchronous attempts on a worker)
+  // keeps the lease for the next pick; otherwise the lease is released.
+  // `random` null: the shared generator (asynchronous settlement on any thread).
+  void finish_attempt(stats_shard& s, rng* random, envelope_type&& env, lease&& l,
+                      std::optional<permit>& held_permit, std::chrono::nanoseconds service, time_point end,
+                      handler_result&& result, std::optional<lease>* keep) {
+    const bool async = keep == nullptr;
+    s.record(s.service, static_cast<std::uint64_t>(service.count()));
     const backend_id id = l.id();
     // Per-backend outcome counters while the lease still keeps the backend
-    // alive; then the feedback, and the lease is kept for the next pick
-    // (released when this context runs out of work).
+    // alive; then the feedback.
+    const auto& backend = l.payload();
     s.inc(result.ok() ? backend->counters[s.index].succeeded : backend->counters[s.index].failed);
     {
       typename cached_clock<Clock>::scope at_end(end);
       l.record(result.ok() ? outcome::success : outcome::failure, service);
     }
-    c.kept.emplace(std::move(l));
+    if (keep != nullptr) {
+      keep->emplace(std::move(l));
+    } else {
+      lease done = std::move(l);
+    }
+    const bool had_permit = held_permit.has_value();
     if (held_permit) held_permit->release();
     if (gates.is_adaptive())
       gates.on_sample(service, static_cast<std::size_t>(ledger.in_flight()), !result.ok());
-    s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    if (async) {
+      ledger.async_settled();
+    } else {
+      s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    }
     // Somebody may wait for the permit or the backend slot just released.
-    if (gates.has_concurrency() || backends.has_limits()) work.notify();
+    if (had_permit || backends.has_limits()) work.notify();
 
     if (result.ok()) {
       s.inc(s.succeeded, std::memory_order_release);
       ledger.finish_one(s);
-      return end;
+      return;
     }
     s.inc(s.failed);
     try {
@@ -251,14 +324,100 @@ class leveler_core {
       // Out of memory for the bookkeeping: the retry may land on the same
       // backend, and the error may be lost; the job itself is not.
     }
-    retry_or_dead_letter(c, std::move(env), end);
-    return end;
+    retry_or_dead_letter(s, random, std::move(env), end);
+  }
+
+  // ------------------------------------------------ asynchronous attempts
+  // Starts an asynchronous attempt in `storage` (allocated for it): the job
+  // moves into the attempt (a stable address until it is settled), the
+  // handler starts the work with the attempt's completion, and the attempt
+  // stays in flight until the completion fires or its timeout passes (see
+  // attempts.hpp). Returns the next decision's "now".
+  time_point start_async(context& c, void* storage, envelope_type&& env, lease&& l,
+                         std::optional<permit>&& held_permit, time_point start) {
+    stats_shard& s = *c.shard;
+    c.kept.reset();
+    const auto backend = l.payload();  // keeps the handler alive while it starts the work
+    begin_attempt(s, env, *backend, start);
+    const auto t = attempt_timeout(*backend);
+    const std::int64_t deadline =
+        t.count() != 0 ? to_ns(saturating_add(start, t)) : attempt_type::no_deadline;
+    ledger.async_started();
+    async_live.fetch_add(1, std::memory_order_relaxed);
+    auto* a = ::new (storage)
+        attempt_type(*this, async_shared, std::move(env), std::move(l), std::move(held_permit), start, deadline);
+    attempts.add(*a);
+    // stop() requests stop on the attempts it finds; this one may be later.
+    if (stopping.load(std::memory_order_seq_cst)) a->request_stop();
+    std::exception_ptr thrown;
+    {
+      inside_scope mark(this, false);
+      try {
+        backend->handler->start(a->env->job, attempt_access::make(a));
+      } catch (...) {
+        thrown = std::current_exception();
+      }
+    }
+    (void)a->handler_returned(std::move(thrown));
+    a->release();  // the starting worker's reference
+    return gates.has_rate() ? clock.now() : measure_now(clock);
+  }
+
+  // Settles an asynchronous attempt, on whichever thread finished it (the
+  // completion's, a worker after an inline completion, or the thread that
+  // saw its timeout). The last thing it touches in the leveler is
+  // async_live, which the destructor waits for.
+  void settle_async(attempt_type& a, handler_result&& result, bool timed_out) noexcept {
+    stats_shard& s = ledger.door_shard();
+    attempts.remove(a);
+    if (timed_out) s.inc(s.timeouts);
+    if (a.abandoned()) s.inc(s.abandoned);
+    const time_point end = clock.now();
+    const auto service = std::max(std::chrono::nanoseconds{0},
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(end - a.start));
+    envelope_type env = std::move(*a.env);
+    a.env.reset();
+    lease l = std::move(*a.held_lease);
+    a.held_lease.reset();
+    std::optional<permit> p = std::move(a.held_permit);
+    a.held_permit.reset();
+    finish_attempt(s, nullptr, std::move(env), std::move(l), p, service, end, std::move(result), nullptr);
+    a.release();  // the registry's reference
+    async_live.fetch_sub(1, std::memory_order_release);
+  }
+
+  // Fails every attempt whose timeout has passed (attempts.hpp).
+  void expire_attempts(time_point now) noexcept {
+    const std::int64_t now_ns = to_ns(now);
+    if (attempts.next_ns() > now_ns) return;
+    std::vector<attempt_type*> due;
+    try {
+      due = attempts.take_due(now_ns);
+    } catch (const std::bad_alloc&) {
+      return;  // retried at the next step
+    }
+    for (attempt_type* a : due) {
+      (void)a->time_out();
+      a->release();
+    }
+  }
+  // stop(): asks every attempt in flight to stop (outside the registry's
+  // lock: stop callbacks may fire completions).
+  void request_stop_attempts() {
+    for (attempt_type* a : attempts.all()) {
+      a->request_stop();
+      a->release();
+    }
+  }
+  // When the next attempt times out (time_point::max(): none).
+  [[nodiscard]] time_point next_attempt_timeout() const noexcept {
+    const std::int64_t n = attempts.next_ns();
+    return n == attempt_registry<attempt_type>::none ? time_point::max() : from_ns<time_point>(n);
   }
 
   // retry or dead letter: a failed attempt is retried after its backoff when
   // attempts, the deadline and the budget allow it (see retry_policy).
-  void retry_or_dead_letter(context& c, envelope_type&& env, time_point now) {
-    stats_shard& s = *c.shard;
+  void retry_or_dead_letter(stats_shard& s, rng* random, envelope_type&& env, time_point now) {
     if (stopping.load(std::memory_order_acquire)) {
       dead_letter(s, std::move(env), dead_letter_reason::cancelled);
       return;
@@ -267,8 +426,12 @@ class leveler_core {
       dead_letter(s, std::move(env), dead_letter_reason::failed);
       return;
     }
-    const time_point ready =
-        saturating_add(now, backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, c.random));
+    const auto wait = [&] {
+      if (random != nullptr) return backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, *random);
+      std::lock_guard lock(shared_random_mutex);
+      return backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, shared_random);
+    }();
+    const time_point ready = saturating_add(now, wait);
     if (ready > env.deadline) {
       dead_letter(s, std::move(env), dead_letter_reason::failed);
       return;
@@ -375,7 +538,7 @@ class leveler_core {
         r.until = saturating_add(now, capacity_poll);
         ledger.quiet().notify();  // the destructor checks whether anything can still run
       }
-      work.wait_until(ticket, r.until);
+      work.wait_until(ticket, std::min(r.until, next_attempt_timeout()));
       now = clock.now();
     }
     c.kept.reset();
@@ -437,6 +600,19 @@ class leveler_core {
   std::atomic<bool> stopping{false};
   std::atomic<bool> stopped{false};
   bool batching = false;
+
+  // Asynchronous attempts (attempts.hpp): in flight, their timeouts, the
+  // count of settlements not fully returned (the destructor waits for it),
+  // what outlives the leveler, and the default bound on them without a
+  // concurrency gate.
+  std::chrono::nanoseconds default_timeout{0};
+  attempt_registry<attempt_type> attempts;
+  std::atomic<std::size_t> async_live{0};
+  std::shared_ptr<attempt_shared> async_shared = std::make_shared<attempt_shared>();
+  std::optional<concurrency_limiter> async_limit;
+  sim_events posted;  // simulation mode: leveler::post_at
+  std::mutex shared_random_mutex;  // guards shared_random (backoff draws of asynchronous settlements)
+  rng shared_random;
 
   std::vector<std::unique_ptr<context>> ctxs;  // one per worker
   context sim;                                 // the simulation driver's

@@ -363,7 +363,8 @@ class leveler {
   // would end. stop() drops the events not yet run (a dropped completion
   // abandons its attempt). Thread-safe. Throws std::logic_error with workers.
   //   lev.add_backend([&](job& j, levee::completion done) {
-  //     lev.post_at(lev.get_clock().now() + 100ms, [d = std::move(done)]() mutable { std::move(d).succeed(); });
+  //     lev.post_at(lev.get_clock().now() + 100ms, [d = std::move(done)]() mutable { std::move(d).succeed();
+  //     });
   //   });
   template <class F>
   requires std::invocable<F&> && std::move_constructible<F>
@@ -460,7 +461,8 @@ class leveler {
       core_.expire_attempts(core_.clock.now());
       if (core_.ledger.async_in_flight() == 0) return true;
       const time_point next = std::min(until, core_.next_attempt_timeout());
-      if (!wait_quiet(next, [&] { return core_.ledger.async_in_flight() == 0; }) && next == until) return false;
+      if (!wait_quiet(next, [&] { return core_.ledger.async_in_flight() == 0; }) && next == until)
+        return false;
     }
   }
 

@@ -310,8 +310,7 @@ class metrics_writer {
   w.counter("attempt_timeouts_total", "Attempts that ran past their attempt timeout.", m.attempt_timeouts);
   w.counter("attempts_abandoned_total", "Asynchronous attempts whose completion was destroyed unfired.",
             m.abandoned);
-  w.counter("late_completions_total", "Completions fired after their attempt timed out.",
-            m.late_completions);
+  w.counter("late_completions_total", "Completions fired after their attempt timed out.", m.late_completions);
 
   w.gauge("queue_depth", "Jobs waiting in the ingress queue.", std::to_string(m.queue_depth));
   w.gauge("queue_capacity", "Capacity of the ingress queue.", std::to_string(m.queue_capacity));

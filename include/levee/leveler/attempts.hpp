@@ -6,7 +6,8 @@
 //
 //   running --handler returns--> pending --completion fires--> done (settled by the firing thread)
 //      |                            '------timeout passes-----> done (settled by the thread that saw it)
-//      '--completion fires inside the handler--> fired_inline --handler returns--> done (settled by the worker)
+//      '--completion fires inside the handler--> fired_inline --handler returns--> done (settled by the
+//      worker)
 //
 // Exactly one transition into `done` wins (compare-exchange), and only the
 // winner settles the attempt: permit, lease, feedback, retry or final state.
@@ -52,13 +53,13 @@ class attempt final : public attempt_base {
   using time_point = typename Core::time_point;
   static constexpr std::int64_t no_deadline = std::numeric_limits<std::int64_t>::max();
 
-  attempt(Core& core, std::shared_ptr<attempt_shared> shared, envelope_type&& env, lease&& l,
-          std::optional<permit>&& p, time_point start, std::int64_t deadline_ns)
-      : env(std::move(env)),
+  attempt(Core& core, std::shared_ptr<attempt_shared> shared, envelope_type&& e, lease&& l,
+          std::optional<permit>&& p, time_point started, std::int64_t deadline)
+      : env(std::move(e)),
         held_lease(std::move(l)),
         held_permit(std::move(p)),
-        start(start),
-        deadline_ns(deadline_ns),
+        start(started),
+        deadline_ns(deadline),
         core_(&core),
         shared_(std::move(shared)) {}
 

@@ -78,8 +78,8 @@ struct backend_record {
       : counters(std::make_unique<backend_counters[]>(shards)), shard_count(shards) {}
   std::uint64_t id = 0;
   std::unique_ptr<job_handler_base<Job>> handler;
-  bool async = false;                     // handler->async(), read without a virtual call
-  std::chrono::nanoseconds timeout{0};    // per-attempt timeout; 0 = none
+  bool async = false;                            // handler->async(), read without a virtual call
+  std::chrono::nanoseconds timeout{0};           // per-attempt timeout; 0 = none
   std::unique_ptr<backend_counters[]> counters;  // one per stats shard
   std::size_t shard_count;
 

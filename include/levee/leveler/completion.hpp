@@ -163,7 +163,8 @@ class [[nodiscard]] completion {
   inline void fail(std::error_code ec) &&;
   template <class E>
   requires(!std::is_same_v<std::decay_t<E>, std::exception_ptr> &&
-           !std::is_same_v<std::decay_t<E>, std::error_code> && !std::is_same_v<std::decay_t<E>, std::nullptr_t> &&
+           !std::is_same_v<std::decay_t<E>, std::error_code> &&
+           !std::is_same_v<std::decay_t<E>, std::nullptr_t> &&
            !std::is_same_v<std::decay_t<E>, handler_result>) void fail(E&& error) && {
     std::move(*this).fail(std::make_exception_ptr(std::forward<E>(error)));
   }

@@ -113,10 +113,9 @@ struct job_options {
 // A synchronous handler: callable with Job&, returning void, bool or
 // handler_result; the attempt ends when it returns (or throws).
 template <class H, class Job>
-concept sync_job_handler =
-    std::invocable<H&, Job&> && (std::is_void_v<std::invoke_result_t<H&, Job&>> ||
-                                 std::same_as<std::invoke_result_t<H&, Job&>, bool> ||
-                                 std::convertible_to<std::invoke_result_t<H&, Job&>, handler_result>);
+concept sync_job_handler = std::invocable<H&, Job&> &&
+    (std::is_void_v<std::invoke_result_t<H&, Job&>> || std::same_as<std::invoke_result_t<H&, Job&>, bool> ||
+     std::convertible_to<std::invoke_result_t<H&, Job&>, handler_result>);
 // An asynchronous handler: callable with (Job&, levee::completion), returning
 // void; it starts the work and returns, and the attempt ends when the
 // completion fires (see levee::completion).
@@ -126,6 +125,6 @@ concept async_job_handler =
 // A backend handler: either form (not both: the form must be unambiguous).
 template <class H, class Job>
 concept job_handler = std::move_constructible<std::decay_t<H>> &&
-                      (sync_job_handler<std::decay_t<H>, Job> != async_job_handler<std::decay_t<H>, Job>);
+    (sync_job_handler<std::decay_t<H>, Job> != async_job_handler<std::decay_t<H>, Job>);
 
 }  // namespace levee

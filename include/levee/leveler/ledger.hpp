@@ -253,6 +253,7 @@ template <class Core>
   m.queue_capacity = core.opts.capacity;
   m.retry_pending = core.retries.size();
   m.outstanding = core.outstanding();
+  m.late_completions = core.async_shared->late.load(std::memory_order_relaxed);
   core.gates.collect(m);
   m.workers = core.opts.workers;
   m.closed = core.closed.load(std::memory_order_acquire);

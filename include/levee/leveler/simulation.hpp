@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <levee/clock.hpp>
 #include <levee/leveler/worker.hpp>
 #include <optional>
@@ -49,7 +49,8 @@ template <class Core>
   const auto& w = core.sim_wait;
   time_point t = w.kind == progress::wait_rate || w.kind == progress::idle ? w.until : time_point::max();
   t = std::min(t, core.next_attempt_timeout());
-  if (const std::int64_t p = core.posted.next_ns(); p != sim_events::none) t = std::min(t, from_ns<time_point>(p));
+  if (const std::int64_t p = core.posted.next_ns(); p != sim_events::none)
+    t = std::min(t, from_ns<time_point>(p));
   if (t == time_point::max()) return std::nullopt;
   return t;
 }

@@ -13,11 +13,11 @@
 #include <cstdint>
 #include <exception>
 #include <levee/clock.hpp>
+#include <levee/concurrency_limiter.hpp>
 #include <levee/detail/cache.hpp>
 #include <levee/detail/rng.hpp>
 #include <levee/detail/time.hpp>
 #include <levee/detail/wait.hpp>
-#include <levee/concurrency_limiter.hpp>
 #include <levee/leveler/attempts.hpp>
 #include <levee/leveler/backends.hpp>
 #include <levee/leveler/batch.hpp>
@@ -89,8 +89,9 @@ class leveler_core {
         budget(opts.retry.budget_ratio, opts.retry.min_retries_per_second),
         work(c),
         start_ns(to_ns(c.now())),
-        default_timeout(opts.attempt_timeout ? saturating_ceil<std::chrono::nanoseconds>(*opts.attempt_timeout)
-                                             : std::chrono::nanoseconds{0}),
+        default_timeout(opts.attempt_timeout
+                            ? saturating_ceil<std::chrono::nanoseconds>(*opts.attempt_timeout)
+                            : std::chrono::nanoseconds{0}),
         shared_random(opts.seed ^ 0x9e3779b97f4a7c15ULL),
         sim(opts.seed, ledger.shard(0)) {
     // Batches only where dispatch is immediate and FIFO eviction is not promised (see take_batch).
@@ -344,8 +345,8 @@ class leveler_core {
         t.count() != 0 ? to_ns(saturating_add(start, t)) : attempt_type::no_deadline;
     ledger.async_started();
     async_live.fetch_add(1, std::memory_order_relaxed);
-    auto* a = ::new (storage)
-        attempt_type(*this, async_shared, std::move(env), std::move(l), std::move(held_permit), start, deadline);
+    auto* a = ::new (storage) attempt_type(*this, async_shared, std::move(env), std::move(l),
+                                           std::move(held_permit), start, deadline);
     attempts.add(*a);
     // stop() requests stop on the attempts it finds; this one may be later.
     if (stopping.load(std::memory_order_seq_cst)) a->request_stop();
@@ -427,7 +428,8 @@ class leveler_core {
       return;
     }
     const auto wait = [&] {
-      if (random != nullptr) return backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, *random);
+      if (random != nullptr)
+        return backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, *random);
       std::lock_guard lock(shared_random_mutex);
       return backoff(opts.retry.base_backoff, opts.retry.max_backoff, env.attempts, shared_random);
     }();
@@ -610,7 +612,7 @@ class leveler_core {
   std::atomic<std::size_t> async_live{0};
   std::shared_ptr<attempt_shared> async_shared = std::make_shared<attempt_shared>();
   std::optional<concurrency_limiter> async_limit;
-  sim_events posted;  // simulation mode: leveler::post_at
+  sim_events posted;               // simulation mode: leveler::post_at
   std::mutex shared_random_mutex;  // guards shared_random (backoff draws of asynchronous settlements)
   rng shared_random;
 

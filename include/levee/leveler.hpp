@@ -26,6 +26,32 @@
 // attempt, expired before dispatch, dropped by the drop_oldest policy,
 // cancelled by stop()). A rejected submission hands the job back.
 //
+// Asynchronous handlers (levee::completion, leveler/completion.hpp): a
+// handler callable as void(Job&, levee::completion) starts the work (an I/O
+// call) and returns at once; the attempt ends when the completion fires,
+// from any thread. Meanwhile the job stays at a stable address and the
+// attempt holds its permit and backend lease, so two workers keep thousands
+// of calls in flight. Synchronous and asynchronous backends may be mixed.
+//  - In flight: metrics().in_flight counts synchronous handlers running and
+//    asynchronous attempts started and not finished. They are bounded by the
+//    concurrency gate (max_concurrency or adaptive), a backend's
+//    max_in_flight, and, without a concurrency gate, by
+//    options.max_async_in_flight (default 1,000) for asynchronous attempts.
+//  - Timeouts: options.attempt_timeout (or backend_options::attempt_timeout)
+//    from the attempt's start. An asynchronous attempt still unfinished then
+//    fails with std::system_error(attempt_errc::timeout) and is retried or
+//    dead-lettered per options.retry; its completion's stop_token() is
+//    requested; a completion fired later is ignored and counted in
+//    metrics().late_completions. A synchronous call cannot be taken back: one
+//    that returns after its timeout is counted in metrics().attempt_timeouts
+//    and its result stands (it gets no stop token).
+//  - A completion destroyed unfired fails its attempt with
+//    attempt_errc::abandoned (counted in metrics().abandoned).
+//  - Timeouts are detected by the workers (they park until the next one is
+//    due), by stop() once the workers are gone, and in simulation mode by
+//    the simulation's clock; post_at() lets a simulated handler finish its
+//    attempt at a virtual time.
+//
 // Job requirements: nothrow move constructible (jobs move through a
 // lock-free queue and batches that cannot undo a half-done move) and
 // destructible. Nothing else: jobs need not be copyable, assignable or
@@ -44,14 +70,18 @@
 // Lifecycle, three different operations:
 //  - close(): stop accepting; queued jobs and retries still run.
 //  - drain(): wait until every accepted job reached its final state (retries
-//    included). It does not close: jobs accepted meanwhile are waited for too.
+//    and asynchronous attempts included). It does not close: jobs accepted
+//    meanwhile are waited for too.
 //  - stop(): close, hand every job not yet started (queued, batched by a
 //    worker, waiting for a gate, or waiting for a retry) to the dead-letter
-//    sink as `cancelled`, wait for running handlers, join the workers.
-//    stop_for/stop_until bound the wait for running handlers.
+//    sink as `cancelled`, request stop on asynchronous attempts in flight,
+//    wait for running handlers and for those attempts' completions (or
+//    timeouts), join the workers. An attempt that fails after stop() began
+//    is dead-lettered as `cancelled`. stop_for/stop_until bound the wait.
 //
 // Shutdown (the destructor) always returns, provided every running handler
-// does. With workers it calls close(), then waits while accepted jobs can
+// does and every asynchronous attempt finishes (its completion fires or is
+// destroyed, or its timeout passes). With workers it calls close(), then waits while accepted jobs can
 // still make progress (queued, held at a gate, waiting for a rate token or a
 // retry timer), then stop(). Jobs that can never run - no backend, or every
 // backend out of rotation by set_healthy(false) (beyond panic), with no
@@ -256,7 +286,10 @@ class leveler {
   [[nodiscard]] bool is_closed() const noexcept { return core_.closed.load(std::memory_order_acquire); }
 
   // Waits until every accepted job has reached its final state (succeeded or
-  // dead-lettered), retries included. Does not close the leveler.
+  // dead-lettered), retries and asynchronous attempts included. Does not
+  // close the leveler. In simulation mode, asynchronous attempts whose
+  // completions are held outside the simulation (not posted) are waited for
+  // in real time.
   // Blocking: parks (no CPU) until the outstanding count reaches zero. In
   // simulation mode it drives the simulation instead: it steps and, if the
   // clock can be set (manual_clock), moves it to each next event; with
@@ -284,7 +317,11 @@ class leveler {
 
   // Closes, then hands every job not yet started to the dead-letter sink as
   // `cancelled` (in the calling thread, and in workers for the job each one
-  // holds), waits for running handlers to return and joins the workers. A job
+  // holds), requests stop on asynchronous attempts in flight (their
+  // completions' stop tokens), waits for running handlers to return and
+  // joins the workers, then waits for the asynchronous attempts to finish
+  // (completion fired or destroyed, or timeout passed; in simulation mode
+  // the events posted for later are dropped first). A job
   // whose running attempt fails after stop() began is dead-lettered as
   // `cancelled` with that error instead of being retried. Idempotent; any
   // number of threads may call it at once, and each returns only after every

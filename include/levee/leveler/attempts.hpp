@@ -42,7 +42,7 @@ struct attempt_shared {
 enum class attempt_state : std::uint8_t { running, fired_inline, pending, done };
 
 // One asynchronous attempt. Core provides envelope_type, lease, time_point
-// and settle_async(attempt&, handler_result&&, bool timed_out) noexcept.
+// and settle_async(attempt&, handler_result&&, bool timed_out, bool abandoned) noexcept.
 // References: the completion's, the starting worker's (while it starts the
 // work) and the registry's (until settled); the last one frees it.
 template <class Core>
@@ -65,18 +65,25 @@ class attempt final : public attempt_base {
 
   // The completion fired (or was destroyed unfired: `abandoned`).
   void complete(handler_result&& r, bool abandoned) noexcept override {
-    result_ = std::move(r);
-    abandoned_ = abandoned;
-    attempt_state s = attempt_state::running;
-    if (!state_.compare_exchange_strong(s, attempt_state::fired_inline, std::memory_order_acq_rel,
-                                        std::memory_order_acquire)) {
-      if (s == attempt_state::pending &&
-          state_.compare_exchange_strong(s, attempt_state::done, std::memory_order_acq_rel,
+    attempt_state s = state_.load(std::memory_order_acquire);
+    if (s == attempt_state::running) {
+      // Parked for the starting worker, which reads it only after seeing
+      // fired_inline; if the compare-exchange fails, nobody else reads it.
+      result_ = std::move(r);
+      abandoned_ = abandoned;
+      if (state_.compare_exchange_strong(s, attempt_state::fired_inline, std::memory_order_acq_rel,
                                          std::memory_order_acquire)) {
-        core_->settle_async(*this, std::move(result_), false);
-      } else {
-        shared_->late.fetch_add(1, std::memory_order_relaxed);  // done: it timed out first
+        release();
+        return;
       }
+      r = std::move(result_);
+    }
+    if (s == attempt_state::pending &&
+        state_.compare_exchange_strong(s, attempt_state::done, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+      core_->settle_async(*this, std::move(r), false, abandoned);
+    } else {
+      shared_->late.fetch_add(1, std::memory_order_relaxed);  // done: it timed out (or threw) first
     }
     release();
   }
@@ -91,13 +98,12 @@ class attempt final : public attempt_base {
       // fired later is late.
       attempt_state s = attempt_state::running;
       if (state_.compare_exchange_strong(s, attempt_state::done, std::memory_order_acq_rel)) {
-        core_->settle_async(*this, handler_result::failure(std::move(thrown)), false);
+        core_->settle_async(*this, handler_result::failure(std::move(thrown)), false, false);
         return true;
       }
       if (s == attempt_state::fired_inline) {
         state_.store(attempt_state::done, std::memory_order_relaxed);
-        abandoned_ = false;
-        core_->settle_async(*this, handler_result::failure(std::move(thrown)), false);
+        core_->settle_async(*this, handler_result::failure(std::move(thrown)), false, false);
         return true;
       }
     }
@@ -105,7 +111,7 @@ class attempt final : public attempt_base {
     if (!state_.compare_exchange_strong(s, attempt_state::pending, std::memory_order_seq_cst)) {
       // fired_inline: only this thread moves it on.
       state_.store(attempt_state::done, std::memory_order_relaxed);
-      core_->settle_async(*this, std::move(result_), false);
+      core_->settle_async(*this, std::move(result_), false, abandoned_);
       return true;
     }
     if (timed_out_.load(std::memory_order_seq_cst)) return try_time_out();
@@ -124,8 +130,6 @@ class attempt final : public attempt_base {
   // stop(): asks the work to stop; the attempt still ends by its completion
   // or its timeout.
   void request_stop() noexcept { stop_.request_stop(); }
-
-  [[nodiscard]] bool abandoned() const noexcept { return abandoned_; }
 
   void acquire() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   void release() noexcept {
@@ -157,7 +161,7 @@ class attempt final : public attempt_base {
     } catch (...) {
       e = std::current_exception();
     }
-    core_->settle_async(*this, handler_result::failure(std::move(e)), true);
+    core_->settle_async(*this, handler_result::failure(std::move(e)), true, false);
     return true;
   }
 

@@ -368,16 +368,18 @@ class leveler_core {
   // completion's, a worker after an inline completion, or the thread that
   // saw its timeout). The last thing it touches in the leveler is
   // async_live, which the destructor waits for.
-  void settle_async(attempt_type& a, handler_result&& result, bool timed_out) noexcept {
+  void settle_async(attempt_type& a, handler_result&& result, bool timed_out, bool abandoned) noexcept {
     stats_shard& s = ledger.door_shard();
     attempts.remove(a);
     if (timed_out) s.inc(s.timeouts);
-    if (a.abandoned()) s.inc(s.abandoned);
-    const time_point end = clock.now();
-    const auto service = std::max(std::chrono::nanoseconds{0},
-                                  std::chrono::duration_cast<std::chrono::nanoseconds>(end - a.start));
+    if (abandoned) s.inc(s.abandoned);
     envelope_type env = std::move(*a.env);
     a.env.reset();
+    // A real reading where retry scheduling depends on it (as in run()).
+    const time_point end =
+        gates.has_rate() || env.deadline != time_point::max() ? clock.now() : measure_now(clock);
+    const auto service = std::max(std::chrono::nanoseconds{0},
+                                  std::chrono::duration_cast<std::chrono::nanoseconds>(end - a.start));
     lease l = std::move(*a.held_lease);
     a.held_lease.reset();
     std::optional<permit> p = std::move(a.held_permit);

@@ -47,6 +47,13 @@
 //      the standing queue grows to seconds. While dropping, an item whose
 //      sojourn exceeds overload_cutoff_targets * target (default 2, as
 //      folly's Codel) is therefore shed too. Set it to 0 for pure RFC 8289.
+//      Two rules keep a band that is overloaded as a whole in the dropping
+//      state: the item an overload cut leaves at the head of its flow (often
+//      younger than target, its elders just shed) does not end the episode;
+//      and a flow that emptied while its band was dropping rejoins the old
+//      list, not the new one, when it comes back during the episode (with
+//      many flows emptied in turn, each fresh item would otherwise look
+//      sparse and end it).
 //      Shed items go to the sink passed to try_pop (never silently); an
 //      exempt band never sheds. The state is per band but the sojourn is
 //      that of the flow being served, so a band sheds only while the flows

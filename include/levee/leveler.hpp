@@ -1,6 +1,7 @@
 // levee/leveler.hpp - levee::leveler, the rate-limited consumer scheduler.
 //
-//   producers --submit(job, {.key, .deadline})--> ingress: bounded queue      leveler/ingress.hpp
+//   producers --submit(job, {.key, .deadline, .flow, .band, .cost})-->
+//             ingress: bounded queue, FIFO or fair (options.fairness)       leveler/ingress.hpp
 //                                  |               overflow policy, deadline admission
 //                   workers (or step() in simulation)                       leveler/worker.hpp, batch.hpp
 //                                  |                                        leveler/simulation.hpp
@@ -10,7 +11,7 @@
 //                                  |
 //   outcome -> feedback (strategy, health, adaptive limit), metrics         leveler/ledger.hpp
 //        failure -> retry after backoff (+jitter, within a budget)          leveler/retries.hpp
-//        exhausted / expired / dropped / cancelled -> dead-letter sink      leveler/ledger.hpp
+//   exhausted / expired / dropped / cancelled / shed -> dead-letter sink    leveler/ledger.hpp
 //
 //   levee::leveler<job>::options o;
 //   o.capacity = 20'000;
@@ -24,7 +25,8 @@
 // What happens to an accepted job: it is handled successfully, or it reaches
 // the dead-letter sink exactly once with a reason (failed after its last
 // attempt, expired before dispatch, dropped by the drop_oldest policy,
-// cancelled by stop()). A rejected submission hands the job back.
+// cancelled by stop(), shed by the fair ingress's CoDel). A rejected
+// submission hands the job back.
 //
 // Job requirements: nothrow move constructible (jobs move through a
 // lock-free queue and batches that cannot undo a half-done move) and
@@ -340,7 +342,8 @@ class leveler {
   // ----------------------------------------------------- simulation mode --
   // Dispatches everything that can be dispatched at the clock's current time
   // (handlers run in the calling thread) and returns how many jobs reached
-  // dispatch (handler run or dead-lettered as expired). Only in simulation
+  // dispatch (handler run or dead-lettered as expired; with the fair
+  // ingress, a take that only shed jobs counts as one). Only in simulation
   // mode (workers == 0); otherwise throws std::logic_error.
   std::size_t step() {
     require_simulation("step");

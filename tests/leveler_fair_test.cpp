@@ -449,3 +449,44 @@ TEST_CASE("8 producers with flows and bands, stop() racing them: every accepted 
     CHECK(m.succeeded + m.dead_lettered.total() == m.accepted);
   }
 }
+
+TEST_CASE(
+    "max_in_flight_per_flow with worker threads: never exceeded, slots freed after failures and retries") {
+  using rlev_t = levee::leveler<job>;
+  constexpr std::uint64_t flows = 6;
+  std::atomic<int> running[flows] = {};
+  std::atomic<int> worst{0};
+  std::atomic<std::uint64_t> attempts{0}, done{0};
+  rlev_t::options o;
+  o.workers = 4;
+  o.capacity = 4096;
+  o.retry.max_attempts = 2;
+  o.retry.base_backoff = 0ms;
+  o.retry.max_backoff = 0ms;
+  o.retry.budget_ratio = 10;
+  levee::fairness_options f;
+  f.max_in_flight_per_flow = 1;
+  f.bands[0].exempt = true;
+  o.fairness = f;
+  o.dead_letter = [&done](job&&, levee::dead_letter_reason, std::exception_ptr) { ++done; };
+  rlev_t lev(o);
+  lev.add_backend([&](job& j) -> bool {
+    const int now_running = ++running[j.tenant];
+    int w = worst.load();
+    while (now_running > w && !worst.compare_exchange_weak(w, now_running)) {
+    }
+    for (int k = 0; k < 50; ++k) std::this_thread::yield();  // overlap with the other workers
+    --running[j.tenant];
+    const bool ok = (++attempts % 3) != 0;  // every third attempt fails (and is retried once)
+    if (ok) ++done;
+    return ok;
+  });
+  const std::uint64_t n = LEVEE_TEST_SANITIZED ? 600 : 3000;
+  for (std::uint64_t i = 0; i < n; ++i)
+    REQUIRE(lev.submit(job{i, i % flows, 0, {}}, {.flow = i % flows}).accepted());
+  // A slot that was never freed would leave its flow stuck: drain would not finish.
+  CHECK(lev.drain_for(60s));
+  CHECK(worst.load() == 1);
+  CHECK(done.load() == n);
+  CHECK(lev.metrics().flows->active <= flows);
+}

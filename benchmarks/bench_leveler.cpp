@@ -22,6 +22,14 @@
 //    worker reads the clock after its admission and before its next one, so
 //    at most one reading per worker can fall in a later window).
 //
+// 3. The fair ingress (options.fairness): the same per-job overhead run
+//    with the fair discipline, one flow and one band (CoDel-exempt: a flood
+//    of a million jobs would otherwise be shed), and with 1,000 active
+//    flows (job i in flow i % 1000). Every run is A-B-A: the FIFO leveler
+//    before and after; the ratio is fair jobs/s / the mean of the two FIFO
+//    runs of the same run, median over the runs. Bar (full runs only): one
+//    flow + one band costs at most +30% per job (ratio >= 1 / 1.3).
+//
 // Flags: see --help. Exit status 1 when a checked claim is false.
 // Output: Markdown tables, median / min / max over the runs.
 
@@ -144,7 +152,7 @@ struct options {
   int runs = 5;
   std::size_t jobs = 1'000'000;
   double seconds = 2.0;
-  bool overhead = true, pacing = true;
+  bool overhead = true, pacing = true, fair = true;
   std::string impl;  // --impl PREFIX: run only the competitors whose name starts with it (for profiling)
   std::vector<std::uint64_t> bursts{0};  // pacing: 0 = the leveler's automatic burst; --burst N adds N
 };
@@ -163,6 +171,23 @@ double run_levee(std::size_t workers, std::size_t n) {
   leveler_t lev(o, [](std::uint64_t&) {});
   const auto t0 = steady::now();
   for (std::uint64_t i = 0; i < n; ++i) (void)lev.submit(std::uint64_t{i});
+  lev.drain();
+  const double s = seconds_since(t0);
+  return static_cast<double>(n) / s;
+}
+
+// The fair ingress, job i in flow i % flows, one band exempt from CoDel.
+double run_levee_fair(std::size_t workers, std::size_t n, std::uint64_t flows) {
+  using leveler_t = levee::leveler<std::uint64_t>;
+  typename leveler_t::options o;
+  o.capacity = 1u << 16;
+  o.workers = workers;
+  levee::fairness_options f;
+  f.bands[0].exempt = true;
+  o.fairness = f;
+  leveler_t lev(o, [](std::uint64_t&) {});
+  const auto t0 = steady::now();
+  for (std::uint64_t i = 0; i < n; ++i) (void)lev.submit(std::uint64_t{i}, {.flow = i % flows});
   lev.drain();
   const double s = seconds_since(t0);
   return static_cast<double>(n) / s;
@@ -376,6 +401,64 @@ void overhead_table(const options& opt) {
   }
 }
 
+// ------------------------------------------------------ fair ingress -----
+
+void fair_table(const options& opt) {
+  const std::size_t worker_counts[] = {1, 2};
+  // [w][run]
+  std::vector<std::vector<double>> fifo(2), one(2), many(2), r_one(2), r_many(2);
+  for (int r = 0; r < opt.runs; ++r)
+    for (std::size_t w = 0; w < 2; ++w) {
+      const double before = run_levee(worker_counts[w], opt.jobs);
+      const double a = run_levee_fair(worker_counts[w], opt.jobs, 1);
+      const double b = run_levee_fair(worker_counts[w], opt.jobs, 1000);
+      const double after = run_levee(worker_counts[w], opt.jobs);
+      const double base = (before + after) / 2;
+      fifo[w].push_back(base);
+      one[w].push_back(a);
+      many[w].push_back(b);
+      r_one[w].push_back(a / base);
+      r_many[w].push_back(b / base);
+    }
+  std::printf("\n### The fair ingress: per-job cost against the FIFO ingress\n\n");
+  levee_bench::print_machine();
+  std::printf(
+      "\n%zu jobs per run from one producer thread, no rate limit, empty handler, %d runs. x FIFO: median "
+      "[min-max] over the runs of this row's jobs/s / the mean of the FIFO leveler's two runs (before and "
+      "after, A-B-A) in the same run with the same workers; the per-job overhead is 1 / x - 1.\n\n",
+      opt.jobs, opt.runs);
+  std::printf("| ingress | 1 worker: jobs/s | ns/job | x FIFO | 2 workers: jobs/s | ns/job | x FIFO |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
+  auto row = [&](const char* name, const std::vector<std::vector<double>>& v,
+                 const std::vector<std::vector<double>>* ratio) {
+    std::printf("| %s ", name);
+    for (std::size_t w = 0; w < 2; ++w) {
+      const stats s = summarize(v[w]);
+      std::printf("| %s (%s - %s) | %.0f | ", si(s.median).c_str(), si(s.min).c_str(), si(s.max).c_str(),
+                  1e9 / s.median);
+      if (ratio != nullptr) {
+        const stats q = summarize((*ratio)[w]);
+        std::printf("%.2fx [%.2f-%.2f] ", q.median, q.min, q.max);
+      } else {
+        std::printf("1 ");
+      }
+    }
+    std::printf("|\n");
+  };
+  row("FIFO (default; mean of A-B-A)", fifo, nullptr);
+  row("fair, 1 flow, 1 band", one, &r_one);
+  row("fair, 1,000 flows, 1 band", many, &r_many);
+  std::printf("\n");
+  for (std::size_t w = 0; w < 2; ++w) {
+    const double q = summarize(r_one[w]).median;
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "fair ingress (1 flow, 1 band) per job within +30%% of FIFO with %zu worker%s: %+.0f%%",
+                  worker_counts[w], w ? "s" : "", (1 / q - 1) * 100);
+    check_bar(opt, q >= 1 / 1.3, what);
+  }
+}
+
 // -------------------------------------------------------------- pacing ----
 
 struct pacing_run {
@@ -538,8 +621,9 @@ int main(int argc, char** argv) {
       const std::string_view w = value();
       opt.overhead = w == "overhead";
       opt.pacing = w == "pacing";
-      if (!opt.overhead && !opt.pacing) {
-        std::fprintf(stderr, "bench_leveler: --only takes overhead or pacing, not %s\n", argv[i]);
+      opt.fair = w == "fair";
+      if (!opt.overhead && !opt.pacing && !opt.fair) {
+        std::fprintf(stderr, "bench_leveler: --only takes overhead, pacing or fair, not %s\n", argv[i]);
         return 2;
       }
     } else if (a == "--burst") {
@@ -548,18 +632,18 @@ int main(int argc, char** argv) {
       opt.impl = value();
     } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing] "
+          "usage: bench_leveler [--smoke] [--runs N] [--jobs N] [--seconds S] [--only overhead|pacing|fair] "
           "[--impl NAME-PREFIX] [--burst N]...\n"
           "  --smoke          tiny counts (CI): 3 runs, 20,000 jobs, 0.2 s pacing; speed bars not checked\n"
           "  --runs N         runs per cell (default 5)\n"
           "  --jobs N         jobs per overhead run (default 1,000,000)\n"
           "  --seconds S      length of one pacing run (default 2)\n"
-          "  --only TABLE     overhead | pacing\n"
+          "  --only TABLE     overhead | pacing | fair\n"
           "  --impl PREFIX    overhead: only rows whose name starts with PREFIX (for profiling;\n"
           "                   ratios need the pool: 'mutex')\n"
           "  --burst N        pacing: also run with burst N (repeatable; 0 = automatic is always run)\n"
           "Exit status 1 if a checked claim is false: envelope in every run; the speed bars\n"
-          "(x pool, x TBB, x bare queue, pacing within 1%%) in full runs only.\n");
+          "(x pool, x TBB, x bare queue, pacing within 1%%, fair within +30%%) in full runs only.\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_leveler: unknown flag '%s'\n", argv[i]);
@@ -575,5 +659,6 @@ int main(int argc, char** argv) {
   levee_bench::print_machine();
   if (opt.overhead) overhead_table(opt);
   if (opt.pacing) pacing_table(opt);
+  if (opt.fair) fair_table(opt);
   return claims.finish();
 }

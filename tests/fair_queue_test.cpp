@@ -701,3 +701,31 @@ TEST_CASE("fair_queue: stress: 8 producers, 2 consumers, flows, bands, limits an
   }
   CHECK(tracked::live == 0);
 }
+
+TEST_CASE("fair_queue: CoDel stays in its dropping state when an overload cut leaves a young head") {
+  // 16 flows at 2 items/ms, one pop per ms taken before that ms's arrivals:
+  // each flow gets an item every 8 ms, so cutting a flow's items older than
+  // 2 x target leaves a head younger than target about half the time. That
+  // head must not end the episode (the band was above the cutoff an instant
+  // before), or the band leaves the dropping state over and over and its
+  // standing queue grows without bound.
+  mclock clk;
+  levee::fair_queue_options o;
+  o.capacity = 100000;
+  fq q(o, clk);
+  std::vector<std::chrono::nanoseconds> sojourn;
+  std::uint64_t shed = 0;
+  auto sink = [&](tracked&&, const fq::item_info&) { ++shed; };
+  std::uint64_t pushed = 0;
+  for (int ms = 0; ms < 10000; ++ms) {
+    if (auto r = q.try_pop(clk.now(), sink)) sojourn.push_back(clk.now() - r.info.enqueued);
+    for (int k = 0; k < 2; ++k, ++pushed)
+      REQUIRE(q.try_push(tracked(pushed), pushed % 16, 0, 1, clk.now()) == levee::fair_push_status::ok);
+    clk.advance(1ms);
+  }
+  const auto p99 = quantile(sojourn, 0.99);
+  MESSAGE("16 flows: p99 sojourn " << p99.count() / 1000 << " us, depth " << q.size_approx());
+  CHECK(p99 <= o.bands[0].interval + 2 * o.bands[0].target);
+  CHECK(q.size_approx() < 200);
+  CHECK(sojourn.size() + shed + q.size_approx() == pushed);
+}

@@ -47,6 +47,13 @@
 //      the standing queue grows to seconds. While dropping, an item whose
 //      sojourn exceeds overload_cutoff_targets * target (default 2, as
 //      folly's Codel) is therefore shed too. Set it to 0 for pure RFC 8289.
+//      Two rules keep a band that is overloaded as a whole in the dropping
+//      state: the item an overload cut leaves at the head of its flow (often
+//      younger than target, its elders just shed) does not end the episode;
+//      and a flow that emptied while its band was dropping rejoins the old
+//      list, not the new one, when it comes back during the episode (with
+//      many flows emptied in turn, each fresh item would otherwise look
+//      sparse and end it).
 //      Shed items go to the sink passed to try_pop (never silently); an
 //      exempt band never sheds. The state is per band but the sojourn is
 //      that of the flow being served, so a band sheds only while the flows
@@ -525,6 +532,14 @@ class fair_queue {
     return expire_some(now, max_flows);
   }
 
+  // When the oldest idle flow's state is due to expire (time_point::max() if
+  // no flow is idle): a consumer with nothing to pop can sleep until then
+  // and call expire_idle. Takes the lock.
+  [[nodiscard]] time_point next_expiry() const {
+    std::lock_guard lock(mutex_);
+    return idle_.empty() ? time_point::max() : idle_.head->expire_at;
+  }
+
   // ---- deadline admission -------------------------------------------------
   //
   // For an item of `cost` about to be pushed into (band, flow) at `now`:
@@ -703,6 +718,7 @@ class fair_queue {
     std::uint32_t head = npos;  // oldest item
     std::uint32_t tail = npos;  // newest item
     where where_ = where::none;
+    bool rejoin_old = false;     // emptied while the band was dropping (see pick)
     flow_state* prev = nullptr;  // links in new/old/idle list
     flow_state* next = nullptr;
     time_point expire_at{};
@@ -950,8 +966,13 @@ class fair_queue {
     }
     if (f->where_ == where::none) {
       f->deficit = quantum_of(*f);
-      b.new_flows.push_back(f);
-      f->where_ = where::new_list;
+      if (f->rejoin_old && b.dropping) {
+        join_old(*f);  // part of the standing queue, not a sparse flow: see pick()
+      } else {
+        b.new_flows.push_back(f);
+        f->where_ = where::new_list;
+      }
+      f->rejoin_old = false;
     }
   }
 
@@ -1048,6 +1069,13 @@ class fair_queue {
         if (l == &b.new_flows && !b.old_flows.empty()) {
           join_old(*f);
         } else {
+          // A flow emptied while its band sheds (CoDel dropping) was
+          // emptied by that shedding or by its own turns: when it comes
+          // back while the band still sheds, it rejoins the old list instead
+          // of jumping the queue as a new flow. Otherwise every flow of a
+          // band overloaded as a whole would in turn look sparse, and its
+          // fresh item's sojourn would end the dropping state it needs.
+          f->rejoin_old = b.dropping;
           f->where_ = where::none;
           maybe_idle(*f, f->last_active);  // idle since its last item left
         }
@@ -1100,8 +1128,12 @@ class fair_queue {
   };
 
   // RFC 8289 dodequeue, without removing the item: the flow to serve and
-  // whether its oldest item may be shed.
-  LEVEE_DETAIL_ALWAYS_INLINE peeked codel_peek(band_state& b, std::size_t band, time_point now) {
+  // whether its oldest item may be shed. after_cut: the flow's older items
+  // were just shed by the overload cutoff, so its head's sojourn below
+  // target says nothing about the band's standing queue (the band's delay
+  // was above the cutoff an instant ago): it does not end the episode.
+  LEVEE_DETAIL_ALWAYS_INLINE peeked codel_peek(band_state& b, std::size_t band, time_point now,
+                                               bool after_cut = false) {
     peeked p;
     p.f = pick(b, now, opts_.bands[band].adaptive_lifo && b.dropping);
     if (p.f == nullptr) {
@@ -1109,7 +1141,7 @@ class fair_queue {
       return p;
     }
     p.sojourn = now - nodes_[p.f->head].enqueued;
-    if (p.sojourn < b.target || b.depth <= 1) {
+    if ((p.sojourn < b.target && !after_cut) || b.depth <= 1) {
       b.first_above_set = false;
     } else if (!b.first_above_set) {
       b.first_above_set = true;
@@ -1156,7 +1188,7 @@ class fair_queue {
         const bool by_law = now >= b.drop_next;
         shed_head(b, *p.f, now, shed_idx, shed_n);
         if (by_law) ++b.count;
-        p = codel_peek(b, band, now);
+        p = codel_peek(b, band, now, !by_law);
         if (!p.ok_to_drop)
           b.dropping = false;
         else if (by_law)
@@ -1172,7 +1204,7 @@ class fair_queue {
       b.lastcount = b.count;
       while (b.dropping && p.f != nullptr && p.sojourn > b.cutoff) {
         shed_head(b, *p.f, now, shed_idx, shed_n);
-        p = codel_peek(b, band, now);
+        p = codel_peek(b, band, now, true);
         if (!p.ok_to_drop) b.dropping = false;
       }
     }

@@ -1,6 +1,7 @@
 // levee/leveler.hpp - levee::leveler, the rate-limited consumer scheduler.
 //
-//   producers --submit(job, {.key, .deadline})--> ingress: bounded queue      leveler/ingress.hpp
+//   producers --submit(job, {.key, .deadline, .flow, .band, .cost})-->
+//             ingress: bounded queue, FIFO or fair (options.fairness)       leveler/ingress.hpp
 //                                  |               overflow policy, deadline admission
 //                   workers (or step() in simulation)                       leveler/worker.hpp, batch.hpp
 //                                  |                                        leveler/simulation.hpp
@@ -10,7 +11,7 @@
 //                                  |
 //   outcome -> feedback (strategy, health, adaptive limit), metrics         leveler/ledger.hpp
 //        failure -> retry after backoff (+jitter, within a budget)          leveler/retries.hpp
-//        exhausted / expired / dropped / cancelled -> dead-letter sink      leveler/ledger.hpp
+//   exhausted / expired / dropped / cancelled / shed -> dead-letter sink    leveler/ledger.hpp
 //
 //   levee::leveler<job>::options o;
 //   o.capacity = 20'000;
@@ -24,7 +25,8 @@
 // What happens to an accepted job: it is handled successfully, or it reaches
 // the dead-letter sink exactly once with a reason (failed after its last
 // attempt, expired before dispatch, dropped by the drop_oldest policy,
-// cancelled by stop()). A rejected submission hands the job back.
+// cancelled by stop(), shed by the fair ingress's CoDel). A rejected
+// submission hands the job back.
 //
 // Asynchronous handlers (levee::completion, leveler/completion.hpp): a
 // handler callable as void(Job&, levee::completion) starts the work (an I/O
@@ -169,13 +171,21 @@ class leveler {
     dead_letter_sink dead_letter;          // empty: dead-lettered jobs are destroyed (still counted)
     levee::health_options health;          // outlier ejection of backends
     std::uint64_t seed = 0x6c65766565ULL;  // backoff jitter and the strategy's draws
+    // The ingress discipline: nullopt = FIFO (the default); set = fair
+    // (bands, flows, per-flow limits, CoDel; see levee::fairness_options and
+    // "Sharing one leveler between tenants" in the README). Not with
+    // overflow_policy::drop_oldest (a fair queue has no single oldest job).
+    std::optional<levee::fairness_options> fairness;
   };
 
   // Throws std::invalid_argument naming the option for a bad one: capacity 0
   // or beyond the queue's limit, workers > 1024, a rate or burst the rate
   // gate cannot represent, negative or inverted backoffs, max_attempts 0,
   // budget_ratio < 0 or NaN, non-positive default_deadline, both
-  // max_concurrency and adaptive set.
+  // max_concurrency and adaptive set; with fairness: drop_oldest, capacity
+  // >= 2^32 - 1, and any bad fairness option (bands: 1..8, strict ones
+  // first, weight >= 1, CoDel target/interval > 0; quantum, flow_burst >= 1;
+  // flow_ttl >= 0; weight and weights both set).
   explicit leveler(options o, Clock c = Clock{}, Strategy s = Strategy{})
       : core_(validate(std::move(o)), std::move(c), std::move(s)) {
     try {
@@ -237,7 +247,17 @@ class leveler {
 
   // ---------------------------------------------------------- submitting --
   // Never blocks and never evicts (the overflow policy is not applied):
-  // accepted, or full / closed / would_miss_deadline with the job handed back.
+  // accepted, or full / flow_full / closed / would_miss_deadline with the job
+  // handed back. With options.fairness: flow_full when the job's flow holds
+  // fairness.max_queued_per_flow jobs; std::invalid_argument (the job is
+  // destroyed, nothing accepted) for job_options.band >= fairness.bands.size(),
+  // cost 0, or cost > flow_burst with a flow rate.
+  // Locks on the submit path: none with the FIFO. With fairness: none for a
+  // job without a deadline and without max_queued_per_flow (one CAS on the
+  // fair queue's occupancy and a lock-free push into its door); one of 64
+  // striped mutexes with max_queued_per_flow; the fair queue's scheduler
+  // mutex (shared with the workers' takes) for deadline admission of a job
+  // with a deadline.
   // Memory ordering: an accepted job's submission happens-before the start of
   // its handler (and of the dead-letter sink call for it).
   [[nodiscard]] submit_result<Job> try_submit(Job job, const job_options& jo = {}) {
@@ -374,7 +394,8 @@ class leveler {
   // ----------------------------------------------------- simulation mode --
   // Dispatches everything that can be dispatched at the clock's current time
   // (handlers run in the calling thread) and returns how many jobs reached
-  // dispatch (handler run or dead-lettered as expired). Only in simulation
+  // dispatch (handler run or dead-lettered as expired; with the fair
+  // ingress, a take that only shed jobs counts as one). Only in simulation
   // mode (workers == 0); otherwise throws std::logic_error.
   std::size_t step() {
     require_simulation("step");
@@ -470,6 +491,8 @@ class leveler {
           std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(*o.attempt_timeout).count()) +
           " ns");
     if (o.max_async_in_flight == 0) bad("max_async_in_flight must be >= 1, got 0");
+    if (o.fairness && o.overflow == overflow_policy::drop_oldest)
+      bad("overflow drop_oldest and options.fairness are exclusive (a fair queue has no single oldest job)");
     if (o.adaptive && o.max_concurrency != 0)
       bad("max_concurrency (" + std::to_string(o.max_concurrency) +
           ") and options.adaptive are exclusive: set one");

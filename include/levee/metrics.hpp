@@ -100,7 +100,10 @@ struct rejection_counts {
   std::uint64_t closed = 0;               // after close() / stop()
   std::uint64_t would_miss_deadline = 0;  // deadline-aware admission
   std::uint64_t timeout = 0;              // submit_for / submit_until ran out of time
-  [[nodiscard]] std::uint64_t total() const noexcept { return full + closed + would_miss_deadline + timeout; }
+  std::uint64_t flow_full = 0;            // fair ingress: the flow held max_queued_per_flow jobs
+  [[nodiscard]] std::uint64_t total() const noexcept {
+    return full + closed + would_miss_deadline + timeout + flow_full;
+  }
 };
 
 // Jobs handed to the dead-letter sink, by dead_letter_reason.
@@ -109,7 +112,8 @@ struct dead_letter_counts {
   std::uint64_t expired = 0;    // found past its deadline at dispatch; not run
   std::uint64_t dropped = 0;    // evicted by the drop_oldest overflow policy
   std::uint64_t cancelled = 0;  // not started when stop() was called
-  [[nodiscard]] std::uint64_t total() const noexcept { return failed + expired + dropped + cancelled; }
+  std::uint64_t shed = 0;       // fair ingress: shed by a band's CoDel sojourn control; not run
+  [[nodiscard]] std::uint64_t total() const noexcept { return failed + expired + dropped + cancelled + shed; }
 };
 
 // One backend as seen by the leveler.
@@ -125,6 +129,27 @@ struct backend_metrics {
   std::chrono::nanoseconds latency_ewma{0};
   bool ejected = false;  // outlier ejection in effect
   bool healthy = true;   // as set by set_healthy()
+};
+
+// One priority band of a fair ingress (leveler options.fairness).
+struct band_metrics {
+  std::size_t band = 0;           // index in fairness.bands
+  std::uint64_t depth = 0;        // jobs queued in the band (sorted into its flows, not yet taken)
+  std::uint64_t dispatched = 0;   // jobs taken from the band for dispatch
+  std::uint64_t shed = 0;         // jobs shed by the band's CoDel to the dead-letter sink (reason shed)
+  bool dropping = false;          // the band's CoDel is in its dropping state
+  histogram_snapshot dwell_time;  // enqueued -> taken from the fair queue, of jobs taken
+};
+
+// The flow table of a fair ingress. Flows are not labels anywhere: their
+// number is unbounded (one per tenant key).
+struct flow_metrics {
+  std::uint64_t active = 0;     // flow states held (queued, in flight, or idle within the TTL)
+  std::uint64_t idle = 0;       // of which idle (expire after fairness.flow_ttl)
+  std::uint64_t created = 0;    // since construction
+  std::uint64_t expired = 0;    // since construction
+  std::size_t table_bytes = 0;  // estimate of the flow table's memory
+  std::uint64_t in_door = 0;    // jobs accepted and not yet sorted into a band
 };
 
 // A point-in-time view of a leveler. Counters are monotonic since
@@ -165,6 +190,8 @@ struct metrics_snapshot {
   std::size_t workers = 0;                       // 0 = simulation mode
   std::size_t ejected_backends = 0;
   std::vector<backend_metrics> backends;
+  std::vector<band_metrics> bands;    // fair ingress only (empty with the FIFO ingress)
+  std::optional<flow_metrics> flows;  // fair ingress only
   bool closed = false;
   bool stopped = false;
 
@@ -265,6 +292,15 @@ class metrics_writer {
     sample(std::string(name) + "_sum", {}, metrics_seconds(h.sum()));
     sample(std::string(name) + "_count", {}, h.count());
   }
+  // The samples of one summary with labels (the family was written).
+  void labelled_summary(std::string_view name, const std::string& labels, const histogram_snapshot& h) {
+    auto q = [&](double v) { return h.count() == 0 ? std::string("NaN") : metrics_seconds(h.quantile(v)); };
+    sample(name, labels + ",quantile=\"0.5\"", q(0.5));
+    sample(name, labels + ",quantile=\"0.9\"", q(0.9));
+    sample(name, labels + ",quantile=\"0.99\"", q(0.99));
+    sample(std::string(name) + "_sum", labels, metrics_seconds(h.sum()));
+    sample(std::string(name) + "_count", labels, h.count());
+  }
   std::string take() { return std::move(out_); }
 
  private:
@@ -279,7 +315,9 @@ class metrics_writer {
 // suffix, durations in seconds, histograms as summaries (quantiles 0.5, 0.9,
 // 0.99 plus _sum and _count; the quantiles of an empty summary are NaN) with
 // the maximum as a separate gauge, the closed and stopped flags as 0/1
-// gauges, and per-backend gauges labelled backend="<id>".
+// gauges, per-backend gauges labelled backend="<id>", and with a fair
+// ingress per-band series labelled band="<index>" plus flow-table gauges
+// (flows are never labels: their number is unbounded).
 // Throws std::invalid_argument if prefix is not a valid metric-name prefix.
 [[nodiscard]] inline std::string to_prometheus(const metrics_snapshot& m, std::string_view prefix = "levee") {
   detail::metrics_check_prefix(prefix);
@@ -294,6 +332,7 @@ class metrics_writer {
   w.sample("jobs_rejected_total", "reason=\"closed\"", m.rejected.closed);
   w.sample("jobs_rejected_total", "reason=\"would_miss_deadline\"", m.rejected.would_miss_deadline);
   w.sample("jobs_rejected_total", "reason=\"timeout\"", m.rejected.timeout);
+  w.sample("jobs_rejected_total", "reason=\"flow_full\"", m.rejected.flow_full);
   w.counter("jobs_started_total", "Handler invocations, retries included.", m.started);
   w.counter("jobs_succeeded_total", "Jobs that ended successfully.", m.succeeded);
   w.counter("jobs_failed_total", "Handler invocations that failed.", m.failed);
@@ -305,6 +344,7 @@ class metrics_writer {
   w.sample("jobs_dead_lettered_total", "reason=\"expired\"", m.dead_lettered.expired);
   w.sample("jobs_dead_lettered_total", "reason=\"dropped\"", m.dead_lettered.dropped);
   w.sample("jobs_dead_lettered_total", "reason=\"cancelled\"", m.dead_lettered.cancelled);
+  w.sample("jobs_dead_lettered_total", "reason=\"shed\"", m.dead_lettered.shed);
   w.counter("dead_letter_sink_errors_total", "Exceptions thrown by the dead-letter sink.",
             m.dead_letter_sink_errors);
   w.counter("attempt_timeouts_total", "Attempts that ran past their attempt timeout.", m.attempt_timeouts);
@@ -344,6 +384,27 @@ class metrics_writer {
     for (const auto& b : m.backends) w.sample("backend_started_total", label(b), b.started);
     w.family("backend_failed_total", "counter", "Failed handler invocations on a backend.");
     for (const auto& b : m.backends) w.sample("backend_failed_total", label(b), b.failed);
+  }
+
+  if (!m.bands.empty()) {
+    auto label = [](const band_metrics& b) { return "band=\"" + std::to_string(b.band) + "\""; };
+    w.family("band_depth", "gauge", "Jobs queued in a band of the fair ingress.");
+    for (const auto& b : m.bands) w.sample("band_depth", label(b), b.depth);
+    w.family("band_dispatched_total", "counter", "Jobs taken from a band for dispatch.");
+    for (const auto& b : m.bands) w.sample("band_dispatched_total", label(b), b.dispatched);
+    w.family("band_shed_total", "counter", "Jobs shed by a band's CoDel (dead-lettered as shed).");
+    for (const auto& b : m.bands) w.sample("band_shed_total", label(b), b.shed);
+    w.family("band_dropping", "gauge", "1 while a band's CoDel is in its dropping state.");
+    for (const auto& b : m.bands) w.sample("band_dropping", label(b), std::uint64_t{b.dropping ? 1u : 0u});
+    w.family("band_dwell_seconds", "summary", "Time from enqueued to taken from the band.");
+    for (const auto& b : m.bands) w.labelled_summary("band_dwell_seconds", label(b), b.dwell_time);
+  }
+  if (m.flows) {
+    w.gauge("flows_active", "Flow states held by the fair ingress.", std::to_string(m.flows->active));
+    w.gauge("flows_idle", "Idle flow states waiting for their TTL.", std::to_string(m.flows->idle));
+    w.counter("flows_created_total", "Flow states created.", m.flows->created);
+    w.counter("flows_expired_total", "Idle flow states expired after their TTL.", m.flows->expired);
+    w.gauge("flow_table_bytes", "Estimated memory of the flow table.", std::to_string(m.flows->table_bytes));
   }
 
   w.summary("queue_dwell_seconds", "Time from ready (enqueued or backoff elapsed) to handler start.",

@@ -33,6 +33,7 @@ enum class submit_status {
   closed,               // close() or stop() was called
   would_miss_deadline,  // deadline-aware admission predicted dispatch after the job's deadline
   timeout,              // submit_for / submit_until found no room in time
+  flow_full,            // fair ingress: the job's flow holds fairness.max_queued_per_flow queued jobs
 };
 
 enum class dead_letter_reason {
@@ -40,6 +41,7 @@ enum class dead_letter_reason {
   expired,    // found past its deadline at dispatch; the handler never ran for this attempt
   dropped,    // evicted from a full queue by overflow_policy::drop_oldest
   cancelled,  // not started when stop() was called
+  shed,       // fair ingress: shed by its band's CoDel sojourn control before dispatch; not run
 };
 
 namespace detail {
@@ -56,15 +58,18 @@ template <class E, std::size_t N>
   return detail::enum_name(p, names);
 }
 [[nodiscard]] constexpr std::string_view to_string(submit_status s) noexcept {
-  constexpr std::string_view names[] = {"accepted", "full", "closed", "would_miss_deadline", "timeout"};
+  constexpr std::string_view names[] = {"accepted", "full",     "closed", "would_miss_deadline",
+                                        "timeout",  "flow_full"};
   return detail::enum_name(s, names);
 }
 [[nodiscard]] constexpr std::string_view to_string(dead_letter_reason r) noexcept {
-  constexpr std::string_view names[] = {"failed", "expired", "dropped", "cancelled"};
+  constexpr std::string_view names[] = {"failed", "expired", "dropped", "cancelled", "shed"};
   return detail::enum_name(r, names);
 }
 static_assert(to_string(submit_status::timeout) == "timeout" &&
+                  to_string(submit_status::flow_full) == "flow_full" &&
                   to_string(dead_letter_reason::cancelled) == "cancelled" &&
+                  to_string(dead_letter_reason::shed) == "shed" &&
                   to_string(overflow_policy::drop_oldest) == "drop_oldest",
               "the names follow the enumerators' order");
 
@@ -104,10 +109,19 @@ struct retry_policy {
 // the job is never dispatched after it (and refused at the door when the
 // leveler predicts it would be). Fields are added over time; every field
 // has a default, so code naming some of them keeps compiling.
+// flow, band, cost: used only with a fair ingress (leveler options.fairness;
+// ignored by the default FIFO). flow: the fairness key (e.g. a tenant id);
+// backlogged flows of a band share its dispatches in proportion to their
+// weights. band: the priority band, < fairness.bands.size(). cost: the
+// job's size in deficit round robin (and in the per-flow rate), >= 1; the
+// leveler's own rate gate still charges one token per job.
 template <class Clock>
 struct job_options {
   std::optional<std::uint64_t> key{};
   std::optional<typename Clock::time_point> deadline{};
+  std::uint64_t flow = 0;
+  std::uint32_t band = 0;
+  std::uint32_t cost = 1;
 };
 
 // A synchronous handler: callable with Job&, returning void, bool or

@@ -85,13 +85,16 @@ class inside_scope {
   inside_marker prev_;
 };
 
+static_assert(static_cast<std::size_t>(dead_letter_reason::shed) == 4,
+              "stats_shard::dead has one counter per dead_letter_reason: resize it with the enum");
+
 // Statistics of one worker (written by that worker only: plain load/store,
 // no read-modify-write) or, for shard 0, of every other thread (simulation
 // driver, submitters evicting with drop_oldest, stop()).
 struct alignas(false_sharing_range) stats_shard {
   bool exclusive = false;
   std::atomic<std::uint64_t> started{0}, succeeded{0}, failed{0}, retried{0}, budget_denied{0};
-  std::atomic<std::uint64_t> dead[4]{};  // by dead_letter_reason
+  std::atomic<std::uint64_t> dead[5]{};  // by dead_letter_reason
   std::atomic<std::uint64_t> sink_errors{0}, timeouts{0}, abandoned{0};
   std::atomic<std::size_t> in_flight{0};  // synchronous attempts (asynchronous ones: ledger_stage)
   metrics_histogram dwell, service;
@@ -209,6 +212,7 @@ class ledger_stage {
       m.dead_lettered.expired += dead(dead_letter_reason::expired);
       m.dead_lettered.dropped += dead(dead_letter_reason::dropped);
       m.dead_lettered.cancelled += dead(dead_letter_reason::cancelled);
+      m.dead_lettered.shed += dead(dead_letter_reason::shed);
       m.dead_letter_sink_errors += s.sink_errors.load(std::memory_order_relaxed);
       m.attempt_timeouts += s.timeouts.load(std::memory_order_relaxed);
       m.abandoned += s.abandoned.load(std::memory_order_relaxed);

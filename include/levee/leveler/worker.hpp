@@ -83,7 +83,7 @@ class leveler_core {
       : opts(std::move(o)),
         clock(c),
         ledger(opts.workers, opts.dead_letter, c),
-        ingress(opts.capacity, opts.overflow == overflow_policy::block, c),
+        ingress(opts.capacity, opts.overflow == overflow_policy::block, opts.fairness, c),
         gates(opts.rate, opts.burst, opts.max_concurrency, opts.adaptive, c),
         backends(std::move(s), opts.health, opts.workers + 1, c),
         budget(opts.retry.budget_ratio, opts.retry.min_retries_per_second),
@@ -130,6 +130,10 @@ class leveler_core {
 
   template <class J>
   void dead_letter(stats_shard& s, J&& env, dead_letter_reason why) noexcept {
+    // A job in its final state frees its flow's in-flight slot (fair ingress).
+    if (env.flow_slot) [[unlikely]] {
+      if (ingress.on_attempt_end(env, clock.now())) work.notify();
+    }
     ledger.dead_letter(this, s, std::forward<J>(env), why);
   }
 
@@ -152,14 +156,20 @@ class leveler_core {
     } else if (auto r = retries.pop_due(to_ns(now))) {
       taken.emplace(std::move(*r));
     } else if ((taken = c.batch.take(true))) {
-    } else if (batch_allowed(c) && c.batch.refillable() && (taken = take_batch(c))) {
+    } else if (batch_allowed(c) && c.batch.refillable() && (taken = take_batch(c, now))) {
     } else {
-      taken = ingress.pop();
+      // A fair ingress may shed jobs on the way (CoDel) and may hold its
+      // jobs back until `ready_at` (per-flow rate or in-flight limit).
+      time_point ready_at = time_point::max();
+      std::size_t shed = 0;
+      taken = ingress.pop(now, shed_into(c, shed), ready_at);
       if (!taken && batching) taken = steal(c);
       if (!taken) {
+        if (shed != 0) return {progress::progressed, now};  // final states reached: drain() may be done
         c.kept.reset();
         const auto nr = retries.next_ns();
-        return {progress::idle, nr == retries.none ? time_point::max() : from_ns<time_point>(nr)};
+        return {progress::idle,
+                std::min(ready_at, nr == retries.none ? time_point::max() : from_ns<time_point>(nr))};
       }
     }
     envelope_type& env = *taken;
@@ -307,8 +317,12 @@ class leveler_core {
     } else {
       s.in_flight.store(s.in_flight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     }
-    // Somebody may wait for the permit or the backend slot just released.
-    if (had_permit || backends.has_limits()) work.notify();
+    // A fair ingress's flow in-flight slot (max_in_flight_per_flow) is held
+    // from the job's take to its final state, retries and their backoff
+    // included: freed here on success, by dead_letter() otherwise.
+    const bool flow_freed = result.ok() && ingress.on_attempt_end(env, end);
+    // Somebody may wait for the permit, the backend slot or the flow slot just released.
+    if (flow_freed || had_permit || backends.has_limits()) work.notify();
 
     if (result.ok()) {
       s.inc(s.succeeded, std::memory_order_release);
@@ -456,6 +470,15 @@ class leveler_core {
     work.notify_one();
   }
 
+  // The fair ingress's shed sink for context c: each job CoDel sheds goes to
+  // the dead-letter sink as `shed` (counted in n).
+  auto shed_into(context& c, std::size_t& n) noexcept {
+    return [this, &c, &n](envelope_type&& e) noexcept {
+      ++n;
+      dead_letter(*c.shard, std::move(e), dead_letter_reason::shed);
+    };
+  }
+
   // ------------------------------------------------------------- batches
   // A worker draining a deep queue of short jobs would otherwise claim the
   // queue's head once per job, and with several workers that cache line
@@ -471,10 +494,15 @@ class leveler_core {
   [[nodiscard]] bool batch_allowed(const context& c) const noexcept {
     return batching && c.last_service_ns < batch_service_limit_ns && !backends.has_limits();
   }
-  std::optional<envelope_type> take_batch(context& c) {
-    const std::size_t n =
-        c.batch.refill([&](auto out, std::size_t max) noexcept { return ingress.pop_bulk(out, max); });
-    if (n == 0) return std::nullopt;
+  std::optional<envelope_type> take_batch(context& c, time_point now) {
+    std::size_t shed = 0;
+    const std::size_t n = c.batch.refill([&](auto out, std::size_t max) noexcept {
+      return ingress.pop_bulk(out, max, now, shed_into(c, shed));
+    });
+    if (n == 0) {
+      if (shed != 0) ledger.quiet().notify();  // shed jobs reached final states: drain() may be done
+      return std::nullopt;
+    }
     if (n > 1) work.notify_one();
     return c.batch.take(true);  // empty only if other workers took all n already
   }
@@ -572,11 +600,9 @@ class leveler_core {
     // claimed one before close() may still be publishing (try_pop reports
     // empty until it does), so loop on the claimed count, not on try_pop.
     while (ingress.size_approx() != 0) {
-      if (auto e = ingress.pop()) {
-        dead_letter(s, std::move(*e), dead_letter_reason::cancelled);
-      } else {
+      if (ingress.take_all(
+              [&](envelope_type&& e) { dead_letter(s, std::move(e), dead_letter_reason::cancelled); }) == 0)
         std::this_thread::yield();
-      }
     }
     // Jobs in workers' batches were not started either (a worker refilling
     // concurrently cancels what it took when it sees `stopping`).

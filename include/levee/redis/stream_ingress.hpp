@@ -159,7 +159,7 @@ class stream_ingress {
         };
   }
 
-  // The leveler's dead-letter sink: failed/expired -> dead-letter stream,
+  // The leveler's dead-letter sink: failed/expired/shed -> dead-letter stream,
   // cancelled/dropped -> left pending. Then calls `next` (if any) with the job.
   [[nodiscard]] std::function<void(job_type&&, dead_letter_reason, std::exception_ptr)> dead_letter_sink(
       std::function<void(job_type&&, dead_letter_reason, std::exception_ptr)> next = {}) {
@@ -169,6 +169,7 @@ class stream_ingress {
           st->finish(j.id, outcome::failed);
           break;
         case dead_letter_reason::expired:
+        case dead_letter_reason::shed:
           st->finish(j.id, outcome::expired);
           break;
         case dead_letter_reason::dropped:

@@ -5,7 +5,9 @@
 //  2. stream entries per second end to end (XREADGROUP -> leveler -> handler
 //     -> XACK) with batch 1 and 64, vs a hand-written XREADGROUP/XACK loop;
 //  3. achieved fleet rate vs target: 3 gates (each with its own refill thread
-//     and connection, as 3 processes would) sharing one key.
+//     and connection, as 3 processes would) sharing one key;
+//  4. the same with a levee::leveler on each gate (options.gate), dispatching
+//     a deep queue of no-op jobs: what a fleet of levelers achieves.
 // Options: --smoke (short runs, CI), --runs N (default 3; medians reported).
 // Without a redis-server binary it says so and exits 0.
 #include <netinet/in.h>
@@ -65,6 +67,7 @@ void table_round_trips(const levee::redis::test_server& srv, bool have_tcp) {
   const auto length = smoke ? 0.05 : 1.0;
   std::printf("\n1. Round trips per second (one client, sequential; median of %d runs of %.2f s)\n", runs,
               length);
+  levee_bench::print_machine();
   std::printf("%-10s %-28s %14s %14s\n", "transport", "call", "calls/s", "tokens/s");
   std::vector<std::pair<const char*, levee::redis::endpoint>> eps = {{"unix", srv.endpoint()}};
   if (have_tcp) eps.emplace_back("tcp", srv.tcp_endpoint());
@@ -166,6 +169,7 @@ double run_raw_loop(const levee::redis::test_server& srv, std::size_t batch, int
 
 void table_streams(const levee::redis::test_server& srv) {
   std::printf("\n2. Stream entries per second end to end, unix socket (median of %d runs)\n", runs);
+  levee_bench::print_machine();
   std::printf("%-8s %22s %26s %8s\n", "batch", "levee stream_ingress", "hand-written XREADGROUP/XACK",
               "ratio");
   for (std::size_t batch : {std::size_t{1}, std::size_t{64}}) {
@@ -185,6 +189,7 @@ void table_streams(const levee::redis::test_server& srv) {
 void table_fleet(const levee::redis::test_server& srv) {
   const auto length = smoke ? 0.3 : 3.0;
   std::printf("\n3. Achieved fleet rate: 3 gates share one key, 2 threads each always wanting permits\n");
+  levee_bench::print_machine();
   std::printf("   (%.1f s per run, median of %d runs; burst = 1%% of a second, batch k = 32)\n", length,
               runs);
   std::printf("%12s %14s %10s %18s\n", "target/s", "achieved/s", "ratio", "round trips/job");
@@ -232,6 +237,71 @@ void table_fleet(const levee::redis::test_server& srv) {
   }
 }
 
+// 4. Achieved fleet rate with levelers: 3 levelers (2 workers each), each
+// paced by its own shared_rate_gate on one key, with a queue that never
+// runs dry; dispatches counted in [t0, t1].
+void table_fleet_levelers(const levee::redis::test_server& srv) {
+  using gate_t = levee::redis::shared_rate_gate<>;
+  using lev_t = levee::leveler<int, levee::round_robin, clk, gate_t>;
+  const auto length = smoke ? 0.3 : 3.0;
+  std::printf(
+      "\n4. Achieved fleet rate with levelers: 3 levelers (2 workers each) on 3 gates sharing one key\n");
+  levee_bench::print_machine();
+  std::printf("   (%.1f s per run, median of %d runs; burst = 1%% of a second, batch k = 32)\n", length,
+              runs);
+  std::printf("%12s %14s %10s %18s\n", "target/s", "achieved/s", "ratio", "round trips/job");
+  for (std::int64_t target : {1'000, 10'000, 50'000}) {
+    std::vector<double> rates, rtpj;
+    for (int r = 0; r < runs; ++r) {
+      levee::redis::shared_rate_gate_options o;
+      o.connection = opts_for(srv.endpoint());
+      o.key = "bench:levelers:" + std::to_string(target) + ":" + std::to_string(r);
+      o.rate = levee::rate::per_second(target);
+      o.burst = static_cast<std::uint64_t>(std::max<std::int64_t>(target / 100, 1));
+      o.batch = 32;
+      o.fleet_size = 3;
+      // The window [t0, t1) is set once every job is queued (the handler reads it).
+      std::atomic<clk::rep> t0{clk::time_point::max().time_since_epoch().count()}, t1{t0.load()};
+      std::atomic<std::uint64_t> admitted{0};
+      std::vector<std::shared_ptr<gate_t>> gates;
+      std::vector<std::unique_ptr<lev_t>> levs;
+      // Enough jobs for the whole run at the full rate, whoever gets the tokens.
+      const auto per = static_cast<std::size_t>(static_cast<double>(target) * (length + 0.5)) + 64;
+      for (int g = 0; g < 3; ++g) {
+        gates.push_back(std::make_shared<gate_t>(o));
+        lev_t::options lo;
+        lo.capacity = per;
+        lo.workers = 2;
+        lo.gate = gates.back();
+        levs.push_back(std::make_unique<lev_t>(lo, [&](int&) {
+          const auto now = clk::now().time_since_epoch().count();
+          if (now >= t0.load(std::memory_order_relaxed) && now < t1.load(std::memory_order_relaxed))
+            admitted.fetch_add(1, std::memory_order_relaxed);
+        }));
+      }
+      for (std::size_t i = 0; i < per; ++i)
+        for (auto& l : levs) (void)l->try_submit(static_cast<int>(i));
+      // The count starts 100 ms later, after the start-up burst.
+      const auto start = clk::now() + 100ms;
+      const auto end =
+          start + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(length));
+      t1.store(end.time_since_epoch().count());
+      t0.store(start.time_since_epoch().count());
+      std::this_thread::sleep_until(end);
+      for (auto& l : levs) l->stop();
+      std::uint64_t trips = 0;
+      for (auto& g : gates) trips += g->metrics().round_trips;
+      const double a = static_cast<double>(admitted.load());
+      rates.push_back(a / length);
+      rtpj.push_back(a > 0 ? static_cast<double>(trips) / a : 0);
+    }
+    const auto rs = levee_bench::summarize(rates);
+    const auto ts = levee_bench::summarize(rtpj);
+    std::printf("%12lld %14.0f %10.3f %18.4f\n", static_cast<long long>(target), rs.median,
+                rs.median / static_cast<double>(target), ts.median);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -258,5 +328,6 @@ int main(int argc, char** argv) {
   table_round_trips(srv, port != 0);
   table_streams(srv);
   table_fleet(srv);
+  table_fleet_levelers(srv);
   return 0;
 }

@@ -112,7 +112,9 @@
 #include <levee/leveler/simulation.hpp>
 #include <levee/leveler/worker.hpp>
 #include <levee/metrics.hpp>
+#include <levee/rate_gate.hpp>
 #include <levee/rate_limiter.hpp>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -132,8 +134,18 @@ inline std::size_t leveler_default_workers() noexcept {
 }
 }  // namespace detail
 
-template <class Job, strategy Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock>
+// RateGate: the type of the rate gate (levee/rate_gate.hpp) whose clock_type
+// is Clock. The default, a local levee::rate_limiter, is built from
+// options.rate and options.burst; any gate may instead be handed in as
+// options.gate (shared, e.g. by several levelers, or a fleet-wide
+// levee::redis::shared_rate_gate that only the user can build).
+template <class Job, strategy Strategy = levee::round_robin, clock Clock = std::chrono::steady_clock,
+          rate_gate RateGate = levee::rate_limiter<Clock>>
 class leveler {
+  static_assert(
+      std::is_same_v<typename RateGate::clock_type, Clock>,
+      "levee::leveler: RateGate::clock_type must be the leveler's Clock (the gate is asked with the "
+      "leveler's time)");
   static_assert(std::is_nothrow_move_constructible_v<Job>,
                 "levee::leveler: Job must be nothrow move constructible (jobs move through a lock-free "
                 "queue and batches that cannot undo a half-done move)");
@@ -142,6 +154,7 @@ class leveler {
   using job_type = Job;
   using strategy_type = Strategy;
   using clock_type = Clock;
+  using rate_gate_type = RateGate;
   using duration = typename Clock::duration;
   using time_point = typename Clock::time_point;
   using dead_letter_sink = std::function<void(Job&&, dead_letter_reason, std::exception_ptr)>;
@@ -152,8 +165,12 @@ class leveler {
     overflow_policy overflow = overflow_policy::block;  // what submit() does when full
     bool deadline_admission = true;                     // refuse jobs predicted to miss their deadline
     std::optional<levee::rate> rate;                    // dispatch rate; nullopt = no rate gate
-    std::uint64_t burst = 0;          // 0 = auto: ceil(rate * 5 ms), at least 2 (see gates.hpp)
-    std::size_t max_concurrency = 0;  // fixed concurrency gate; 0 = none
+    std::uint64_t burst = 0;  // 0 = auto: ceil(rate * 5 ms), at least 2 (see gates.hpp)
+    // A rate gate built by the caller, used instead of building one from
+    // rate/burst (which must then be unset). The leveler shares it: the gate
+    // lives as long as its last owner, and other users of it pace with it.
+    std::shared_ptr<RateGate> gate;
+    std::size_t max_concurrency = 0;                                    // fixed concurrency gate; 0 = none
     std::optional<typename levee::adaptive_limit<>::options> adaptive;  // exclusive with max_concurrency
     // 0 = simulation mode; at most 1024 (default: the hardware threads, capped there).
     std::size_t workers = detail::leveler_default_workers();
@@ -180,7 +197,8 @@ class leveler {
 
   // Throws std::invalid_argument naming the option for a bad one: capacity 0
   // or beyond the queue's limit, workers > 1024, a rate or burst the rate
-  // gate cannot represent, negative or inverted backoffs, max_attempts 0,
+  // gate cannot represent (or options.gate together with rate or burst, or a
+  // rate for a RateGate the leveler cannot build), negative or inverted backoffs, max_attempts 0,
   // budget_ratio < 0 or NaN, non-positive default_deadline, both
   // max_concurrency and adaptive set; with fairness: drop_oldest, capacity
   // >= 2^32 - 1, and any bad fairness option (bands: 1..8, strict ones
@@ -440,8 +458,14 @@ class leveler {
   // ------------------------------------------------------ configuration --
   // Changes the dispatch rate / burst at run time (future windows follow the
   // new values). Throws std::logic_error if the leveler has no rate gate.
-  void set_rate(levee::rate r) { wake((core_.gates.set_rate(r, "set_rate"), true)); }
-  void set_burst(std::uint64_t b) { wake((core_.gates.set_burst(b, "set_burst"), true)); }
+  // Only for a RateGate that models levee::reconfigurable_rate_gate; a gate
+  // handed in as options.gate changes for everyone sharing it.
+  void set_rate(levee::rate r) requires reconfigurable_rate_gate<RateGate> {
+    wake((core_.gates.set_rate(r, "set_rate"), true));
+  }
+  void set_burst(std::uint64_t b) requires reconfigurable_rate_gate<RateGate> {
+    wake((core_.gates.set_burst(b, "set_burst"), true));
+  }
   // Changes a fixed concurrency limit. Throws std::logic_error without one
   // (or when the limit is adaptive).
   void set_concurrency_limit(std::size_t limit) { wake((core_.gates.set_concurrency_limit(limit), true)); }
@@ -461,7 +485,7 @@ class leveler {
   [[nodiscard]] metrics_snapshot metrics() const { return detail::collect_metrics(core_); }
 
  private:
-  using core_type = detail::leveler_core<Job, Strategy, Clock, options>;
+  using core_type = detail::leveler_core<Job, Strategy, Clock, options, RateGate>;
 
   static options validate(options o) {
     auto bad = [](const std::string& what) {

@@ -17,7 +17,8 @@
 //       returns a time strictly after `now` when it has nothing to give, so a
 //       caller that sleeps until the returned time and tries again polls at a
 //       bounded pace instead of spinning. Callers pass n <= burst().
-//       No side effect.
+//       Admits nothing; such a gate may take the question as demand (start
+//       fetching permits), since a scheduler asks before it tries.
 //   g.burst() -> std::uint64_t
 //       The largest number of permits the gate can admit at one instant
 //       (used to predict dispatch times beyond the bucket).

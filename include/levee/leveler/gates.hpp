@@ -1,9 +1,11 @@
 // levee/leveler/gates.hpp - the gates a job passes between the queue and a
-// backend: the rate gate (GCRA on an absolute schedule, with the automatic
-// burst and its jitter reserve) and the concurrency gate (a fixed limit, or
-// an adaptive one fed by every finished attempt). The dispatch step asks
-// them in a fixed order (see worker.hpp): a side-effect-free rate check, the
-// concurrency permit, the backend, and only then the rate token.
+// backend: the rate gate (any levee::rate_gate: by default a local GCRA on an
+// absolute schedule, with the automatic burst and its jitter reserve; or a
+// gate the user hands in, such as levee::redis::shared_rate_gate) and the
+// concurrency gate (a fixed limit, or an adaptive one fed by every finished
+// attempt). The dispatch step asks them in a fixed order (see worker.hpp): a
+// side-effect-free rate check, the concurrency permit, the backend, and only
+// then the rate token.
 #pragma once
 
 #include <algorithm>
@@ -17,25 +19,59 @@
 #include <levee/concurrency_limiter.hpp>
 #include <levee/detail/time.hpp>
 #include <levee/metrics.hpp>
+#include <levee/rate_gate.hpp>
 #include <levee/rate_limiter.hpp>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace levee::detail {
 
-template <clock Clock>
+// Whether the leveler can build a RateGate itself from options.rate and
+// options.burst (levee::rate_limiter can; a gate leasing permits from
+// elsewhere is built by the user and handed in as options.gate).
+template <class RateGate, class Clock>
+inline constexpr bool buildable_rate_gate = std::is_constructible_v<RateGate, rate, std::uint64_t, Clock>;
+
+template <clock Clock, rate_gate RateGate = rate_limiter<Clock>>
 class gate_stage {
+  static_assert(std::is_same_v<typename RateGate::clock_type, Clock>,
+                "levee::leveler: the rate gate's clock_type must be the leveler's Clock (both read the same "
+                "time)");
+
  public:
   using time_point = typename Clock::time_point;
   using duration = typename Clock::duration;
   using adaptive_options = typename adaptive_limit<>::options;
+  using gate_type = RateGate;
 
-  // burst 0 = automatic. Throws std::invalid_argument naming options.rate or
-  // options.burst when the rate gate cannot represent them.
-  gate_stage(const std::optional<rate>& r, std::uint64_t burst, std::size_t max_concurrency,
-             const std::optional<adaptive_options>& adaptive, const Clock& c) {
-    if (r) make_limiter(*r, burst, c);
+  // burst 0 = automatic. `external`, when set, is the rate gate (the leveler
+  // shares it and never builds its own; r must then be empty and burst 0).
+  // Throws std::invalid_argument naming options.rate, options.burst or
+  // options.gate when the rate gate cannot be built or they conflict.
+  gate_stage(const std::optional<rate>& r, std::uint64_t burst, std::shared_ptr<RateGate> external,
+             std::size_t max_concurrency, const std::optional<adaptive_options>& adaptive, const Clock& c) {
+    if (external) {
+      if (r)
+        throw std::invalid_argument(
+            "levee::leveler: options.rate and options.gate are exclusive: the gate has its own rate");
+      if (burst != 0)
+        throw std::invalid_argument(
+            "levee::leveler: options.burst must be 0 with options.gate: the gate has its own burst, got " +
+            std::to_string(burst));
+      external_ = std::move(external);
+      gate_ = external_.get();
+    } else if (r) {
+      if constexpr (buildable_rate_gate<RateGate, Clock>) {
+        make_limiter(*r, burst, c);
+      } else {
+        throw std::invalid_argument(
+            "levee::leveler: options.rate needs a gate the leveler can build from (rate, burst, clock); "
+            "this RateGate cannot be: build it and pass it as options.gate");
+      }
+    }
     if (adaptive) {
       adaptive_.emplace(*adaptive);
       concurrency_.emplace(adaptive_->limit());
@@ -44,14 +80,14 @@ class gate_stage {
     }
   }
 
-  [[nodiscard]] bool has_rate() const noexcept { return limiter_.has_value(); }
+  [[nodiscard]] bool has_rate() const noexcept { return gate_ != nullptr; }
   [[nodiscard]] bool has_concurrency() const noexcept { return concurrency_.has_value(); }
   [[nodiscard]] bool is_adaptive() const noexcept { return adaptive_.has_value(); }
 
   // The rate check without side effects: when the next token is due (<= now: available).
-  [[nodiscard]] time_point next_token(time_point now) const { return limiter_->available_at(1, now); }
+  [[nodiscard]] time_point next_token(time_point now) const { return gate_->available_at(1, now); }
   // Spends the token (false if another thread took it first).
-  [[nodiscard]] bool take_token(time_point now) { return limiter_->try_acquire(1, now); }
+  [[nodiscard]] bool take_token(time_point now) { return gate_->try_acquire(1, now); }
   // A concurrency permit, or an empty one when the gate is full.
   [[nodiscard]] permit try_permit() noexcept { return concurrency_->try_acquire(); }
 
@@ -61,15 +97,15 @@ class gate_stage {
   // read again, never thrown.
   [[nodiscard]] time_point forecast(std::uint64_t k, time_point now) const {
     for (;;) {
-      const std::uint64_t b = std::max<std::uint64_t>(limiter_->burst(), 1);
+      const std::uint64_t b = std::max<std::uint64_t>(gate_->burst(), 1);
       time_point at;
       try {
-        at = limiter_->available_at(std::min(k, b), now);
+        at = gate_->available_at(std::min(k, b), now);
       } catch (const std::invalid_argument&) {
         continue;
       }
       if (k <= b) return at;
-      const auto t = saturating_ceil<duration>(limiter_->get_rate().emission_interval());
+      const auto t = saturating_ceil<duration>(gate_->get_rate().emission_interval());
       return saturating_add(at, saturating_mul(t, static_cast<double>(k - b)));
     }
   }
@@ -83,9 +119,13 @@ class gate_stage {
     concurrency_->set_limit(adaptive_->limit());
   }
 
-  void set_rate(rate r, const char* fn) { require_limiter(fn).set_rate(r); }
-  void set_burst(std::uint64_t b, const char* fn) {
-    require_limiter(fn).set_burst(b);
+  // Reconfigures the rate gate (a gate handed in as options.gate is
+  // reconfigured for everyone sharing it).
+  void set_rate(rate r, const char* fn) requires reconfigurable_rate_gate<RateGate> {
+    require_gate(fn).set_rate(r);
+  }
+  void set_burst(std::uint64_t b, const char* fn) requires reconfigurable_rate_gate<RateGate> {
+    require_gate(fn).set_burst(b);
     auto_burst_.store(0, std::memory_order_relaxed);  // an explicit burst has no jitter reserve
   }
   void set_concurrency_limit(std::size_t limit) {
@@ -96,10 +136,10 @@ class gate_stage {
   }
 
   void collect(metrics_snapshot& m) const {
-    if (limiter_) {
-      m.rate_limit = limiter_->get_rate().per_second_value();
+    if (gate_) {
+      m.rate_limit = gate_->get_rate().per_second_value();
       const std::uint64_t automatic = auto_burst_.load(std::memory_order_relaxed);
-      m.burst = automatic != 0 ? automatic : limiter_->burst();
+      m.burst = automatic != 0 ? automatic : gate_->burst();
     }
     if (concurrency_) m.concurrency_limit = concurrency_->limit();
   }
@@ -128,11 +168,12 @@ class gate_stage {
   void make_limiter(const rate& r, std::uint64_t burst, const Clock& c) {
     const std::uint64_t b = burst != 0 ? burst : auto_burst(r) - jitter_reserve(r);
     try {
-      limiter_.emplace(r, b, c);
+      own_.emplace(r, b, c);
+      gate_ = &*own_;
     } catch (const std::invalid_argument& e) {
       bool rate_ok = true;
       try {
-        rate_limiter<Clock> probe(r, 1, c);
+        RateGate probe(r, 1, c);
       } catch (const std::invalid_argument&) {
         rate_ok = false;
       }
@@ -142,14 +183,18 @@ class gate_stage {
     }
     if (burst == 0) auto_burst_.store(auto_burst(r), std::memory_order_relaxed);
   }
-  rate_limiter<Clock>& require_limiter(const char* fn) {
-    if (!limiter_)
+  RateGate& require_gate(const char* fn) {
+    if (!gate_)
       throw std::logic_error(std::string("levee::leveler::") + fn +
-                             ": the leveler has no rate gate (options.rate)");
-    return *limiter_;
+                             ": the leveler has no rate gate (options.rate or options.gate)");
+    return *gate_;
   }
 
-  std::optional<rate_limiter<Clock>> limiter_;
+  // The rate gate in use: own_ (built from options.rate), *external_, or none.
+  // Reached through one pointer either way, as the optional alone was.
+  RateGate* gate_ = nullptr;
+  std::optional<RateGate> own_;
+  std::shared_ptr<RateGate> external_;
   std::optional<concurrency_limiter> concurrency_;
   std::optional<adaptive_limit<>> adaptive_;  // thread-safe on its own
   std::atomic<std::uint64_t> auto_burst_{

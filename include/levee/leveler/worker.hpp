@@ -45,8 +45,8 @@ struct progress_result {
 };
 
 // Every stage of one leveler, and the dispatch step over them. Options is
-// leveler::options (validated by the facade).
-template <class Job, strategy Strategy, clock Clock, class Options>
+// leveler::options (validated by the facade); RateGate the rate gate's type.
+template <class Job, strategy Strategy, clock Clock, class Options, rate_gate RateGate = rate_limiter<Clock>>
 class leveler_core {
  public:
   using time_point = typename Clock::time_point;
@@ -84,7 +84,7 @@ class leveler_core {
         clock(c),
         ledger(opts.workers, opts.dead_letter, c),
         ingress(opts.capacity, opts.overflow == overflow_policy::block, opts.fairness, c),
-        gates(opts.rate, opts.burst, opts.max_concurrency, opts.adaptive, c),
+        gates(opts.rate, opts.burst, opts.gate, opts.max_concurrency, opts.adaptive, c),
         backends(std::move(s), opts.health, opts.workers + 1, c),
         budget(opts.retry.budget_ratio, opts.retry.min_retries_per_second),
         work(c),
@@ -619,7 +619,7 @@ class leveler_core {
   Clock clock;
   ledger_stage<Job, Clock> ledger;
   ingress_stage<Job, Clock> ingress;
-  gate_stage<Clock> gates;
+  gate_stage<Clock, RateGate> gates;
   backends_type backends;
   retry_heap<envelope_type> retries;
   retry_budget budget;

@@ -184,12 +184,19 @@ class shared_rate_gate {
   // n-th stocked token, or (no such token) now plus a polling interval of
   // one emission interval clamped to [50 us, 1 ms] (the refill is under way).
   // While degraded with a local fallback, the fallback's estimate when sooner.
+  // Admits nothing; but asking counts as demand: a stock short of n tokens
+  // wakes the refill thread, as a failed try_acquire does (a scheduler that
+  // asks before it tries - the leveler - would otherwise poll an empty stock
+  // that nobody refills).
   [[nodiscard]] time_point available_at(std::uint64_t n, time_point now) const {
     if (n == 0) return now;
     const std::uint64_t s = spent_.load(std::memory_order_acquire);
     const std::uint64_t iss = issued_.load(std::memory_order_acquire);
     time_point at = levee::detail::saturating_add(now, poll_);
-    if (iss - s >= n) {
+    if (iss - s < n) {
+      note_demand();
+      wake_refill();
+    } else {
       const std::int64_t v = slot(s + n - 1);
       const std::int64_t t = ns(now);
       at = v <= t ? now : levee::detail::saturating_add(now, std::chrono::nanoseconds(v - t));
@@ -247,10 +254,10 @@ class shared_rate_gate {
     return ring_[i & mask_].load(std::memory_order_relaxed);
   }
 
-  void note_demand() noexcept {
+  void note_demand() const noexcept {
     if (!demand_.load(std::memory_order_relaxed)) demand_.store(true, std::memory_order_relaxed);
   }
-  void wake_refill() {
+  void wake_refill() const {
     if (!wanted_.exchange(true, std::memory_order_acq_rel)) {
       std::lock_guard lock(mutex_);
       cv_.notify_one();
@@ -357,8 +364,8 @@ class shared_rate_gate {
 
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> spent_{0};
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> issued_{0};
-  std::atomic<bool> wanted_{false};
-  alignas(detail::false_sharing_range) std::atomic<bool> demand_{false};
+  mutable std::atomic<bool> wanted_{false};
+  alignas(detail::false_sharing_range) mutable std::atomic<bool> demand_{false};
   std::atomic<bool> degraded_{false};
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> spent_count_{0};
   std::atomic<std::uint64_t> expired_{0};
@@ -369,8 +376,8 @@ class shared_rate_gate {
   std::atomic<std::uint64_t> noscript_{0};
   std::atomic<std::int64_t> max_rtt_{0};
 
-  std::mutex mutex_;
-  std::condition_variable cv_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable cv_;
   bool stop_ = false;
   std::thread thread_;
 };

@@ -191,9 +191,6 @@ class provider {
 // connection.
 class http_client {
  public:
-  // What get() reports: an I/O error, or the response's status code.
-  using result_fn_signature = void(std::error_code, int status);
-
   http_client(asio::io_context& io, std::uint16_t port)
       : io_(io), endpoint_(asio::ip::address_v4::loopback(), port) {}
 
@@ -769,8 +766,8 @@ int run(const scenario& s) {
       static_cast<unsigned long long>(c.aborted), 1000 * c.slowest_abort_seconds,
       static_cast<unsigned long long>(c.late));
 
+  client.close_idle();  // the provider's threads serving them see the end of file
   prov.shutdown();
-  client.close_idle();
   work.reset();
   asio_thread.join();  // returns once no call and no connection is left
 

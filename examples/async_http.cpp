@@ -3,7 +3,7 @@
 //
 // A local provider (cpp-httplib, 127.0.0.1, an ephemeral port) answers
 // GET /quote after 50 ms and returns 429 Too Many Requests above its rate (a
-// token bucket: R requests/s, burst R/20). Every request goes through a
+// token bucket: R requests/s, burst R/10). Every request goes through a
 // levee::leveler with 2 worker threads, a rate gate at 0.95 x R, a
 // concurrency limit of 1,000 and a 1 s attempt timeout:
 //
@@ -36,6 +36,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <exception>
 #include <future>
 #include <levee/leveler.hpp>
@@ -184,15 +185,19 @@ class provider {
 // keep-alive connections kept in a pool. Every I/O step runs on the thread
 // running the io_context; get() may be called from any thread.
 //
-// Responses must carry a Content-Length (the provider's always do); a
+// At most 2 connections are being opened at once, and at most
+// max_connections are open; a call that finds no pooled connection waits for
+// one. Responses must carry a Content-Length (the provider's always do); a
 // connection is reused unless the response says "Connection: close". A
 // request sent on a pooled connection that the server had closed meanwhile
 // (end of file before any byte of the response) is sent again once on a new
 // connection.
 class http_client {
  public:
-  http_client(asio::io_context& io, std::uint16_t port)
-      : io_(io), endpoint_(asio::ip::address_v4::loopback(), port) {}
+  // At most max_connections connections open at once (the provider serves
+  // one per thread).
+  http_client(asio::io_context& io, std::uint16_t port, std::size_t max_connections)
+      : io_(io), endpoint_(asio::ip::address_v4::loopback(), port), max_open_(max_connections) {}
 
   // Sends `GET target` and calls on_result(ec, status) once, on the Asio
   // thread. A stop request on `stop` cancels the call: on_result then gets
@@ -205,9 +210,7 @@ class http_client {
 
   // Opens n new connections into the pool, one at a time, each checked with
   // a request to `target` (a real client's minimum pool size); blocks until
-  // they are open. Sequential on purpose: the provider's accept queue is
-  // short, and a connection refused there costs a 1 s SYN retransmission.
-  // Not on the Asio thread.
+  // they are open. Not on the Asio thread.
   void prewarm(std::size_t n, const std::string& target) {
     for (std::size_t i = 0; i < n; ++i) {
       auto result = std::make_shared<std::promise<std::pair<std::error_code, int>>>();
@@ -242,9 +245,13 @@ class http_client {
   }
 
   struct connection {
-    explicit connection(asio::io_context& io) : socket(io) {}
+    explicit connection(http_client& c) : socket(c.io_), client(c) { ++client.open_; }
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+    ~connection() { --client.open_; }
     asio::ip::tcp::socket socket;
     asio::streambuf buffer;  // bytes read past the end of the last response head
+    http_client& client;
   };
 
   struct result_fn_base {
@@ -280,7 +287,9 @@ class http_client {
           request("GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: levee-example\r\n\r\n"),
           on_result(std::move(fn)) {}
 
+    // Takes a pooled connection, or opens one, or waits for either.
     void start() {
+      if (finished) return;  // cancelled while waiting
       if (cancelled) return finish(asio::error::operation_aborted, 0);
       if (!client.idle_.empty() && !fresh) {
         conn = std::move(client.idle_.back());
@@ -288,10 +297,17 @@ class http_client {
         reused = true;
         return write();
       }
-      conn = std::make_unique<connection>(client.io_);
+      if (!client.may_connect()) {
+        client.waiting_.push_back(this->shared_from_this());
+        return;
+      }
+      ++client.connecting_;
+      conn = std::make_unique<connection>(client);
       reused = false;
       client.opened_.fetch_add(1, std::memory_order_relaxed);
       conn->socket.async_connect(client.endpoint_, [self = this->shared_from_this()](std::error_code ec) {
+        --self->client.connecting_;
+        self->client.wake_waiting();
         if (ec) return self->finish(ec, 0);
         self->conn->socket.set_option(asio::ip::tcp::no_delay(true), ec);
         self->write();
@@ -357,7 +373,10 @@ class http_client {
 
     void body_read(std::size_t length) {
       conn->buffer.consume(length);
-      if (keep_alive && !cancelled && conn->buffer.size() == 0) client.idle_.push_back(std::move(conn));
+      if (keep_alive && !cancelled && conn->buffer.size() == 0) {
+        client.idle_.push_back(std::move(conn));
+        client.wake_waiting();
+      }
       finish({}, status);
     }
 
@@ -369,7 +388,7 @@ class http_client {
           ec == asio::error::eof || ec == asio::error::connection_reset || ec == asio::error::broken_pipe;
       if (stale && reused && !resent && !cancelled && conn->buffer.size() == 0) {
         resent = fresh = true;
-        conn.reset();
+        drop_connection();
         return start();
       }
       finish(ec, 0);
@@ -381,14 +400,23 @@ class http_client {
       if (conn) {
         std::error_code ignored;
         conn->socket.close(ignored);  // the pending operation completes with operation_aborted
+      } else {
+        finish(asio::error::operation_aborted, 0);  // not started, or waiting for a connection
       }
+    }
+
+    // Closes the connection (if any): room for a waiting call.
+    void drop_connection() {
+      if (!conn) return;
+      conn.reset();
+      client.wake_waiting();
     }
 
     void finish(std::error_code ec, int code) {
       if (finished) return;
       finished = true;
-      conn.reset();     // a reusable connection went back to the pool already
-      on_stop.reset();  // waits for a canceller running elsewhere (it only posts)
+      drop_connection();  // a reusable connection went back to the pool already
+      on_stop.reset();    // waits for a canceller running elsewhere (it only posts)
       (*on_result)(ec, code);
     }
 
@@ -406,9 +434,31 @@ class http_client {
     bool finished = false;
   };
 
+  // Starts the calls waiting for a connection, as far as connections are
+  // available (each one started may queue itself again).
+  void wake_waiting() {
+    for (std::size_t n = waiting_.size(); n > 0 && (!idle_.empty() || may_connect()); --n) {
+      std::shared_ptr<call> c = std::move(waiting_.front());
+      waiting_.pop_front();
+      c->start();
+    }
+  }
+
+  // Connections being opened at once, at most: the provider's accept queue
+  // is short (cpp-httplib listens with a backlog of 5), and a connection
+  // refused there costs a 1 s SYN retransmission.
+  static constexpr int max_connecting = 2;
+
+  [[nodiscard]] bool may_connect() const { return connecting_ < max_connecting && open_ < max_open_; }
+
   asio::io_context& io_;
   const asio::ip::tcp::endpoint endpoint_;
-  std::vector<std::unique_ptr<connection>> idle_;  // Asio thread only
+  // Asio thread only:
+  std::size_t open_ = 0;  // connections open, pooled or in use (before idle_: they count down)
+  const std::size_t max_open_;
+  int connecting_ = 0;
+  std::vector<std::unique_ptr<connection>> idle_;
+  std::deque<std::shared_ptr<call>> waiting_;  // calls waiting for a connection
   std::atomic<std::uint64_t> opened_{0};
 };
 
@@ -526,6 +576,12 @@ struct scenario {
   std::chrono::milliseconds cancel_timeout{1000};  // the cancellation run's attempt timeout
   std::size_t workers = 2;
   std::size_t max_concurrency = 1000;
+  // The gate's burst: 20 ms of its rate (the default is 5 ms), so that a
+  // worker thread woken late on a busy machine can catch up; well inside the
+  // provider's burst (100 ms of its rate).
+  [[nodiscard]] std::uint64_t gate_burst() const {
+    return std::max<std::uint64_t>(2, static_cast<std::uint64_t>(std::ceil(gate_rate * 0.02)));
+  }
   [[nodiscard]] std::uint64_t jobs() const {
     return static_cast<std::uint64_t>(std::llround(gate_rate * async_seconds));
   }
@@ -537,6 +593,7 @@ id_leveler::options leveler_options(const scenario& s, tally& t) {
   id_leveler::options o;
   o.capacity = static_cast<std::size_t>(s.jobs()) + 16;  // the whole run queued at once
   o.rate = levee::rate::per_second(s.gate_rate);
+  o.burst = s.gate_burst();
   o.max_concurrency = s.max_concurrency;
   o.workers = s.workers;
   o.attempt_timeout = s.attempt_timeout;
@@ -712,17 +769,17 @@ std::string percent(double part, double whole) { return fmt("%.1f%%", 100.0 * pa
 int run(const scenario& s) {
   const double latency_s = std::chrono::duration<double>(s.latency).count();
   const double expected_in_flight = s.gate_rate * latency_s;  // Little's law
-  // Provider: burst R/20 (50 ms of its rate, at least 5), enough threads for
+  // Provider: burst R/10 (100 ms of its rate, at least 5), enough threads for
   // every connection the client may hold open.
-  const double provider_burst = std::max(5.0, std::ceil(s.provider_rate / 20));
+  const double provider_burst = std::max(5.0, std::ceil(s.provider_rate / 10));
   const auto server_threads = static_cast<std::size_t>(std::ceil(4 * expected_in_flight)) + 32;
   provider prov(s.provider_rate, provider_burst, s.latency, server_threads);
 
   asio::io_context io(1);
   auto work = asio::make_work_guard(io);
-  http_client client(io, prov.port());
-  std::thread asio_thread([&io] { io.run(); });  // the one Asio thread
-  struct join_on_error {                         // an exception: stop the Asio thread before unwinding
+  http_client client(io, prov.port(), server_threads - 8);  // a few threads left for /health, /slow
+  std::thread asio_thread([&io] { io.run(); });             // the one Asio thread
+  struct join_on_error {  // an exception: stop the Asio thread before unwinding
     asio::io_context& io;
     std::thread& thread;
     ~join_on_error() {

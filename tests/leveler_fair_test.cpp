@@ -531,7 +531,8 @@ TEST_CASE("max_in_flight_per_flow counts asynchronous attempts until their compl
       clk);
   lp = &lev;
   const std::uint64_t n = 600;
-  for (std::uint64_t i = 0; i < n; ++i) REQUIRE(lev.try_submit(job{i, i % flows, 0, {}}, {.flow = i % flows}));
+  for (std::uint64_t i = 0; i < n; ++i)
+    REQUIRE(lev.try_submit(job{i, i % flows, 0, {}}, {.flow = i % flows}));
   lev.run_until(at(1s));
   // 2 slots per flow, 50 ms per attempt: at most 2 x 21 attempts per flow in
   // [0 s, 1 s] (a slot held during a retry's backoff starts none).

@@ -335,8 +335,9 @@ class ingress_stage {
     return n;
   }
   // The final state of a job taken by pop/pop_bulk (succeeded, or handed to
-  // the dead-letter sink): frees its flow's in-flight slot (idempotent). True if a slot was freed: a worker may be
-  // waiting for it (the caller wakes one).
+  // the dead-letter sink): frees its flow's in-flight slot (idempotent).
+  // True if a slot was freed: a worker may be waiting for it (the caller
+  // wakes one).
   bool on_attempt_end(envelope_type& env, time_point now) {
     if (!env.flow_slot) [[likely]]
       return false;

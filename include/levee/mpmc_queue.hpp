@@ -429,19 +429,18 @@ class mpmc_queue {
   [[nodiscard]] allocator_type get_allocator() const { return allocator_type(consts_.alloc); }
 
  private:
-  // Slots are separated by a full cache line so neighbouring slots written
-  // by different threads never share one: with 16-byte slots (four to a
-  // line) blocking 1P1C throughput was 0.6x (benchmarks/README.md). One
-  // alignment-specifier holding the larger of the two alignments, checked
-  // below.
-  struct alignas(std::max(detail::cache_line_size, alignof(T))) slot {
+  // Slots are not padded: a slot is its stamp followed by room for one T, at
+  // T's natural alignment, so several small slots share a cache line (four
+  // 16-byte slots for an 8-byte T). Padding every slot to a line of its own
+  // measured slower in bench_queue's try_ columns (a consumer that trails the
+  // producer moves several elements per line transfer) and no faster in its
+  // blocking columns (benchmarks/README.md).
+  struct slot {
     explicit slot(std::uint64_t initial) noexcept : stamp(initial) {}
     T* ptr() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
     std::atomic<std::uint64_t> stamp;
     alignas(T) unsigned char storage[sizeof(T)];
   };
-  static_assert(alignof(slot) >= detail::cache_line_size && sizeof(slot) % detail::cache_line_size == 0,
-                "levee::mpmc_queue: every slot must start on its own cache line and fill whole lines");
   using slot_alloc = typename std::allocator_traits<Allocator>::template rebind_alloc<slot>;
   using slot_traits = std::allocator_traits<slot_alloc>;
 

@@ -1,6 +1,7 @@
 // Multi-threaded stress tests for levee::mpmc_queue: oversubscribed
 // producers/consumers (8+8 and 16+16 on a 2-core machine) with try_,
-// blocking, timed and bulk operations on a non-trivial element type;
+// blocking, timed and bulk operations on a non-trivial element type, and
+// all of them mixed on one queue;
 // exactly-once delivery and per-producer FIFO; close() racing with blocked
 // producers and consumers.
 #include <doctest/doctest.h>
@@ -44,7 +45,9 @@ struct item {
   }
 };
 
-enum class mode { try_ops, blocking, timed, bulk };
+// mixed: thread k of each side uses blocking ops if k % 3 == 0, try_ ops if
+// k % 3 == 1, timed ops if k % 3 == 2, all on the same queue.
+enum class mode { try_ops, blocking, timed, bulk, mixed };
 
 const char* name(mode m) {
   switch (m) {
@@ -56,6 +59,8 @@ const char* name(mode m) {
       return "timed";
     case mode::bulk:
       return "bulk";
+    case mode::mixed:
+      return "mixed";
   }
   return "?";
 }
@@ -152,6 +157,31 @@ void run_stress(int producers, int consumers, int per_producer, std::size_t capa
           }
           break;
         }
+        case mode::mixed:
+          if (c % 3 == 0) {
+            while (std::optional<item> x = q.pop()) log.record(*x);
+          } else if (c % 3 == 1) {
+            for (;;) {
+              // Closed before a failing try_pop: every push had completed
+              // (producers are joined before close()), so the queue is empty.
+              const bool closed = q.is_closed();
+              if (std::optional<item> x = q.try_pop()) {
+                log.record(*x);
+              } else if (closed) {
+                break;
+              } else {
+                std::this_thread::yield();
+              }
+            }
+          } else {
+            item x(0, 0);
+            for (;;) {
+              const levee::queue_status s = q.try_pop_for(x, 1ms);
+              if (s == levee::queue_status::closed) break;
+              if (s == levee::queue_status::ok) log.record(x);
+            }
+          }
+          break;
         case mode::bulk: {
           std::vector<item> batch;
           while (consumed.load(std::memory_order_relaxed) < total) {
@@ -195,6 +225,20 @@ void run_stress(int producers, int consumers, int per_producer, std::size_t capa
             ++s;
             break;
           }
+          case mode::mixed: {
+            item x(p, s);
+            if (p % 3 == 0) {
+              CHECK(q.push(std::move(x)));
+            } else if (p % 3 == 1) {
+              while (!q.try_push(std::move(x))) std::this_thread::yield();
+            } else {
+              while (q.try_push_for(std::move(x), 1ms) != levee::queue_status::ok) {
+                timeouts.fetch_add(1, std::memory_order_relaxed);
+              }
+            }
+            ++s;
+            break;
+          }
           case mode::bulk: {
             std::vector<item> batch;
             for (int k = 0; k < 5 && s + k < per_producer; ++k) batch.emplace_back(p, s + k);
@@ -214,7 +258,7 @@ void run_stress(int producers, int consumers, int per_producer, std::size_t capa
     });
   }
   for (auto& t : producer_threads) t.join();
-  if (m == mode::blocking || m == mode::timed) q.close();
+  if (m == mode::blocking || m == mode::timed || m == mode::mixed) q.close();
   for (auto& t : threads) t.join();
   CHECK(q.size_approx() == 0);
   check_logs(logs, std::vector<int>(static_cast<std::size_t>(producers), per_producer));
@@ -230,7 +274,7 @@ TEST_CASE("mpmc_queue stress: 8 producers + 8 consumers, exactly once, per-produ
   for (bool symmetric : {false, true}) {
     CAPTURE(symmetric);
     levee::detail::force_symmetric_fence = symmetric;
-    for (mode m : {mode::try_ops, mode::blocking, mode::timed, mode::bulk}) {
+    for (mode m : {mode::try_ops, mode::blocking, mode::timed, mode::bulk, mode::mixed}) {
       run_stress(8, 8, n, 1024, m);
       run_stress(8, 8, n / 4, 3, m);  // tiny, non power of two: constant full/empty edges
     }
@@ -241,9 +285,10 @@ TEST_CASE("mpmc_queue stress: 8 producers + 8 consumers, exactly once, per-produ
 
 TEST_CASE("mpmc_queue stress: 16 producers + 16 consumers (oversubscribed)") {
   const int n = 4000 / scale;
-  for (mode m : {mode::try_ops, mode::blocking, mode::timed, mode::bulk}) {
+  for (mode m : {mode::try_ops, mode::blocking, mode::timed, mode::bulk, mode::mixed}) {
     run_stress(16, 16, n, 1000, m);
   }
+  run_stress(16, 16, n / 4, 1, mode::mixed);     // capacity 1: blocking, try_ and timed ops meet at one slot
   run_stress(16, 16, n / 4, 1, mode::blocking);  // capacity 1: every operation waits
   run_stress(16, 2, n / 2, 16, mode::blocking);  // many blocked producers
   run_stress(2, 16, n / 2, 16, mode::blocking);  // many blocked consumers

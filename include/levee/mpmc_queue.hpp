@@ -429,9 +429,13 @@ class mpmc_queue {
   [[nodiscard]] allocator_type get_allocator() const { return allocator_type(consts_.alloc); }
 
  private:
-  // Slots are separated by a full cache line so neighbouring slots written
-  // by different threads never share one (measured: benchmarks/README.md).
-  struct alignas(detail::cache_line_size) alignas(T) slot {
+  // Slots are not padded: a slot is its stamp followed by room for one T, at
+  // T's natural alignment, so several small slots share a cache line (four
+  // 16-byte slots for an 8-byte T). Padding every slot to a line of its own
+  // measured slower in bench_queue's try_ columns (a consumer that trails the
+  // producer moves several elements per line transfer) and no faster in its
+  // blocking columns (benchmarks/README.md).
+  struct slot {
     explicit slot(std::uint64_t initial) noexcept : stamp(initial) {}
     T* ptr() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
     std::atomic<std::uint64_t> stamp;
